@@ -1,0 +1,1 @@
+"""Reproductions. Each subpackage is one paper's experiment (see lgrad.engine.registry)."""

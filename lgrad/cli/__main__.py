@@ -1,0 +1,5 @@
+import sys
+
+from lgrad.cli import main
+
+sys.exit(main())

@@ -1,0 +1,36 @@
+"""The experiment engine: claims, configs, discovery, the runner and the training loop."""
+from lgrad.engine.claims import Claim as Claim
+from lgrad.engine.config import ConfigError as ConfigError
+from lgrad.engine.config import apply_overrides as apply_overrides
+from lgrad.engine.registry import Experiment as Experiment
+from lgrad.engine.registry import UnknownExperiment as UnknownExperiment
+from lgrad.engine.registry import discover as discover
+from lgrad.engine.registry import get as get_experiment
+from lgrad.engine.runner import Result as Result
+from lgrad.engine.runner import RunContext as RunContext
+from lgrad.engine.runner import check_writable as check_writable
+from lgrad.engine.runner import run_experiment as run_experiment
+from lgrad.engine.train import FitResult as FitResult
+from lgrad.engine.train import TrainState as TrainState
+from lgrad.engine.train import batch_sampler as batch_sampler
+from lgrad.engine.train import fit as fit
+from lgrad.engine.train import run_loop as run_loop
+
+__all__ = [
+    "Claim",
+    "ConfigError",
+    "Experiment",
+    "FitResult",
+    "Result",
+    "RunContext",
+    "TrainState",
+    "UnknownExperiment",
+    "apply_overrides",
+    "batch_sampler",
+    "check_writable",
+    "discover",
+    "fit",
+    "get_experiment",
+    "run_experiment",
+    "run_loop",
+]

@@ -1,0 +1,66 @@
+"""Straightforward float64 numpy versions of update rules, written from the papers'
+equations (not from lgrad's code) so that they can check it.
+
+Each ``*_reference(grad_fn, x0, steps, **hyper)`` returns the trajectory
+``[x_1, ..., x_steps]`` of a flat float64 parameter vector.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+GradFn = Callable[[np.ndarray], np.ndarray]
+
+
+def diffgrad_reference(
+    grad_fn: GradFn,
+    x0: np.ndarray,
+    steps: int,
+    *,
+    learning_rate: float = 1e-3,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    constant_friction: bool = False,
+) -> np.ndarray:
+    """diffGrad, Dubey et al. 2019, Algorithm 1 (L2 decay added to the gradient)."""
+    x = np.array(x0, dtype=np.float64)
+    m = np.zeros_like(x)
+    v = np.zeros_like(x)
+    g_prev = np.zeros_like(x)
+    out = []
+    for t in range(1, steps + 1):
+        g = grad_fn(x) + weight_decay * x
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        xi = np.full_like(x, 0.5) if constant_friction else 1.0 / (1.0 + np.exp(-np.abs(g_prev - g)))
+        x = x - learning_rate * np.sqrt(1 - b2**t) / (1 - b1**t) * xi * m / (np.sqrt(v) + eps)
+        g_prev = g
+        out.append(x.copy())
+    return np.asarray(out)
+
+
+def adam_reference(
+    grad_fn: GradFn,
+    x0: np.ndarray,
+    steps: int,
+    *,
+    learning_rate: float = 1e-3,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+) -> np.ndarray:
+    """Adam (Kingma & Ba 2015) with optax's placement of eps (on the corrected sqrt(v))."""
+    x = np.array(x0, dtype=np.float64)
+    m = np.zeros_like(x)
+    v = np.zeros_like(x)
+    out = []
+    for t in range(1, steps + 1):
+        g = grad_fn(x)
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        x = x - learning_rate * (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps)
+        out.append(x.copy())
+    return np.asarray(out)

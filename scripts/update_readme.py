@@ -1,0 +1,109 @@
+"""Regenerate README.md's generated tables from the code and results/.
+
+    python scripts/update_readme.py
+
+Sections between ``<!-- BEGIN name -->`` and ``<!-- END name -->`` are replaced:
+``transforms`` (every public factory in lgrad's rule packages), ``reproductions``
+(every registered experiment with its committed result) and ``bench`` (the latest
+results/bench.json, when present).
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+RESULTS = ROOT / "results"
+
+# Packages whose public callables are listed as transforms / tools.
+RULE_PACKAGES = [
+    "lgrad.optim",
+    "lgrad.robust",
+    "lgrad.distributed",
+    "lgrad.local",
+    "lgrad.analysis",
+    "lgrad.unlearn",
+]
+
+
+def _first_line(obj) -> str:
+    doc = inspect.getdoc(obj) or ""
+    return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
+def transforms_table() -> str:
+    rows = ["| package | name | what it is |", "| --- | --- | --- |"]
+    for pkg_name in RULE_PACKAGES:
+        try:
+            pkg = importlib.import_module(pkg_name)
+        except ImportError:
+            continue
+        for name in getattr(pkg, "__all__", []):
+            obj = getattr(pkg, name)
+            if inspect.isclass(obj) or not callable(obj):
+                continue  # states and containers are documented with their factory
+            rows.append(f"| `{pkg_name}` | `{name}` | {_first_line(obj)} |")
+    return "\n".join(rows)
+
+
+def reproductions_table() -> str:
+    from lgrad.engine import discover
+
+    rows = [
+        "| experiment | paper | quick result (committed in `results/`) |",
+        "| --- | --- | --- |",
+    ]
+    for name, exp in discover().items():
+        path = RESULTS / name / "result.json"
+        if path.exists():
+            data = json.loads(path.read_text())
+            claims = data["claims"]
+            p = sum(c["passed"] is True for c in claims)
+            f = sum(c["passed"] is False for c in claims)
+            i = sum(c["passed"] is None for c in claims)
+            status = f"{p} pass, {f} fail, {i} findings ({data['mode']}, {data['runtime_s']:.0f} s)"
+        else:
+            status = "not run yet"
+        rows.append(f"| `{name}` | {exp.paper} | {status} |")
+    return "\n".join(rows)
+
+
+def bench_table() -> str:
+    path = RESULTS / "bench.json"
+    if not path.exists():
+        return "_No benchmark recorded yet: run `lgrad bench`._"
+    data = json.loads(path.read_text())
+    entries = data["entries"] if isinstance(data, dict) else data
+    rows = ["| benchmark | ours | baseline | ratio | target | met |", "| --- | --- | --- | --- | --- | --- |"]
+    for e in entries:
+        met = {True: "yes", False: "**no**", None: "-"}[e.get("met")]
+        rows.append(
+            f"| {e['name']} | {e['ours']:.4g} {e.get('unit', '')} | {e['baseline']:.4g} {e.get('unit', '')} "
+            f"| {e['ratio']:.3g} | {e.get('target') or '-'} | {met} |"
+        )
+    env = data.get("environment", {}) if isinstance(data, dict) else {}
+    if env:
+        rows.append("")
+        rows.append(f"_Measured on {env.get('backend', '?')} ({env.get('device_kind', '?')}), jax {env.get('jax', '?')}._")
+    return "\n".join(rows)
+
+
+def main() -> int:
+    text = README.read_text()
+    for section, render in [("transforms", transforms_table), ("reproductions", reproductions_table), ("bench", bench_table)]:
+        pattern = re.compile(rf"(<!-- BEGIN {section} -->\n).*?(<!-- END {section} -->)", re.S)
+        if not pattern.search(text):
+            print(f"README.md has no {section} section", file=sys.stderr)
+            continue
+        text = pattern.sub(lambda m: m.group(1) + render() + "\n" + m.group(2), text)
+    README.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
