@@ -1,0 +1,8 @@
+"""The worker-axis runtime: counted collectives and a runner for n workers."""
+from lgrad.distributed import comm as comm
+from lgrad.distributed.workers import BACKENDS as BACKENDS
+from lgrad.distributed.workers import make_program as make_program
+from lgrad.distributed.workers import run_workers as run_workers
+from lgrad.distributed.workers import worker_mesh as worker_mesh
+
+__all__ = ["BACKENDS", "comm", "make_program", "run_workers", "worker_mesh"]
