@@ -1,0 +1,53 @@
+"""One benchmark result."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """``ratio = ours / baseline``; ``met`` is computed from ``ratio`` and ``max_ratio``
+    / ``min_ratio`` (None when the entry only reports)."""
+
+    name: str  # short id, e.g. "diffgrad-update/adam"
+    what: str  # one line: what is measured
+    ours: float
+    baseline: float
+    unit: str  # "s", "bytes", "bytes/s", ...
+    max_ratio: float | None = None  # target: ratio <= max_ratio
+    min_ratio: float | None = None  # target: ratio >= min_ratio
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float:
+        return float(self.ours) / float(self.baseline) if self.baseline else float("inf")
+
+    @property
+    def target(self) -> str | None:
+        if self.max_ratio is not None:
+            return f"ratio <= {self.max_ratio:g}"
+        if self.min_ratio is not None:
+            return f"ratio >= {self.min_ratio:g}"
+        return None
+
+    @property
+    def met(self) -> bool | None:
+        if self.max_ratio is not None:
+            return bool(self.ratio <= self.max_ratio)
+        if self.min_ratio is not None:
+            return bool(self.ratio >= self.min_ratio)
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "what": self.what,
+            "ours": float(self.ours),
+            "baseline": float(self.baseline),
+            "ratio": self.ratio,
+            "unit": self.unit,
+            "target": self.target,
+            "met": self.met,
+            **({"extra": self.extra} if self.extra else {}),
+        }

@@ -1,0 +1,50 @@
+"""Timing and memory measurement for benchmarks."""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any, Callable
+
+import jax
+
+__all__ = ["time_fn", "compiled_memory"]
+
+
+def time_fn(fn: Callable[..., Any], *args: Any, repeats: int = 20, warmup: int = 3, number: int = 1) -> float:
+    """Median wall time (s) of ``fn(*args)`` over ``repeats``, after ``warmup`` calls.
+
+    ``fn`` should be jitted; the first warm-up call compiles, so compile time is
+    excluded. Each timed call runs ``number`` times and waits with
+    ``block_until_ready``.
+    """
+    for _ in range(max(1, warmup)):
+        jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(number):
+            out = fn(*args)
+        jax.block_until_ready(out)
+        times.append((time.perf_counter() - t0) / number)
+    return statistics.median(times)
+
+
+def compiled_memory(fn: Callable[..., Any], *args: Any) -> dict[str, int]:
+    """XLA's compiled memory analysis of ``jax.jit(fn)(*args)`` (bytes).
+
+    ``peak`` is arguments + outputs + temporaries - aliased (what the program needs
+    resident at once, as XLA plans it).
+    """
+    compiled = jax.jit(fn).lower(*args).compile()
+    m = compiled.memory_analysis()
+    if m is None:  # some backends do not report
+        return {}
+    out = {
+        "argument": int(m.argument_size_in_bytes),
+        "output": int(m.output_size_in_bytes),
+        "temp": int(m.temp_size_in_bytes),
+        "alias": int(m.alias_size_in_bytes),
+        "generated_code": int(m.generated_code_size_in_bytes),
+    }
+    out["peak"] = out["argument"] + out["output"] + out["temp"] - out["alias"]
+    return out
