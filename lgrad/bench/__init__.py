@@ -12,5 +12,6 @@ what CI's smoke test runs).
 from lgrad.bench.entry import Entry as Entry
 from lgrad.bench.timing import compiled_memory as compiled_memory
 from lgrad.bench.timing import time_fn as time_fn
+from lgrad.bench.timing import time_pair as time_pair
 
-__all__ = ["Entry", "compiled_memory", "time_fn"]
+__all__ = ["Entry", "compiled_memory", "time_fn", "time_pair"]

@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 import jax
 
-__all__ = ["time_fn", "compiled_memory"]
+__all__ = ["time_fn", "time_pair", "compiled_memory"]
 
 
 def time_fn(fn: Callable[..., Any], *args: Any, repeats: int = 20, warmup: int = 3, number: int = 1) -> float:
@@ -27,6 +27,32 @@ def time_fn(fn: Callable[..., Any], *args: Any, repeats: int = 20, warmup: int =
         jax.block_until_ready(out)
         times.append((time.perf_counter() - t0) / number)
     return statistics.median(times)
+
+
+def time_pair(
+    ours: Callable[..., Any],
+    ours_args: tuple,
+    baseline: Callable[..., Any],
+    baseline_args: tuple,
+    *,
+    repeats: int = 21,
+    warmup: int = 3,
+    number: int = 1,
+) -> tuple[float, float]:
+    """Median times (s) of two functions measured *interleaved* (a, b, a, b, ...),
+    so that drifts of a shared machine hit both alike; returns (ours, baseline)."""
+    for _ in range(max(1, warmup)):
+        jax.block_until_ready(ours(*ours_args))
+        jax.block_until_ready(baseline(*baseline_args))
+    ta, tb = [], []
+    for _ in range(repeats):
+        for fn, args, acc in ((ours, ours_args, ta), (baseline, baseline_args, tb)):
+            t0 = time.perf_counter()
+            for _ in range(number):
+                out = fn(*args)
+            jax.block_until_ready(out)
+            acc.append((time.perf_counter() - t0) / number)
+    return statistics.median(ta), statistics.median(tb)
 
 
 def compiled_memory(fn: Callable[..., Any], *args: Any) -> dict[str, int]:

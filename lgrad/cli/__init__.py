@@ -9,7 +9,10 @@ import sys
 __all__ = ["main", "CliError"]
 
 # Subcommand modules, in the order ``lgrad --help`` lists them.
-COMMANDS = ["lgrad.cli.experiments"]
+COMMANDS = [
+    "lgrad.cli.experiments",
+    "lgrad.cli.bench",
+]
 
 
 class CliError(Exception):
