@@ -3,6 +3,8 @@ before jax is imported anywhere."""
 import os
 
 os.environ.setdefault("JAX_NUM_CPU_DEVICES", "8")
+# One OpenBLAS thread: its spinning threads otherwise starve XLA's (see lgrad/cli/__init__.py).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("MPLBACKEND", "Agg")
 

@@ -194,3 +194,56 @@ def _plot(ctx: RunContext, trajectories, finals) -> None:
     fig.suptitle("diffGrad vs Adam on the synthetic functions (eta 0.1, beta1 0.95, beta2 0.999)")
     fig.tight_layout()
     ctx.savefig(fig, "trajectories.png")
+
+
+# --- batched sweeps (`lgrad sweep diffgrad-synthetic --grid learning_rate=... --grid b1=...`) ----
+# The numeric keys below travel as traced arrays (optimizer settings in
+# optax.inject_hyperparams state), so configurations that share `steps` and
+# `n_starts` run as one vmapped, compiled program; see lgrad.sweep.
+SWEEPABLE = ("learning_rate", "b1", "b2", "eps", "x0", "start_low", "start_high")
+SWEEP_METRIC = ("diffgrad_gap", "min")
+SWEEP_X64 = True
+
+
+def _descend(fn, tx, x0, steps):
+    def step(carry, _):
+        x, s = carry
+        u, s = tx.update(jax.grad(fn)(x), s, x)
+        return (optax.apply_updates(x, u), s), None
+
+    (x, _), _ = jax.lax.scan(step, (x0, tx.init(x0)), None, length=steps)
+    return x
+
+
+def train_cell(static: dict[str, Any], hp: dict[str, Any], key: jax.Array) -> dict[str, jax.Array]:
+    """One sweep cell: end points of Adam / diffGrad / xi=0.5 from ``x0`` on F1-F3, the
+    fraction of the ``n_starts`` starts diffGrad brings to each global minimum, and
+    ``diffgrad_gap`` = max(|x_F1 + 0.3|, |x_F2 + 0.643|) for diffGrad (0 is perfect).
+    Deterministic: ``key`` is unused."""
+    del key
+    opt = dict(learning_rate=hp["learning_rate"], b1=hp["b1"], b2=hp["b2"], eps=hp["eps"])
+    txs = {
+        "Adam": optax.inject_hyperparams(optax.adam)(**opt),
+        "diffGrad": optax.inject_hyperparams(diffgrad)(**opt),
+        "diffGrad xi=0.5": optax.inject_hyperparams(diffgrad, static_args=("constant_friction",))(**opt, constant_friction=True),
+    }
+    x0 = jnp.asarray(hp["x0"])
+    starts = jnp.linspace(hp["start_low"], hp["start_high"], static["n_starts"])
+    metrics: dict[str, jax.Array] = {}
+    for fname, (fn, xstar, _) in FUNCTIONS.items():
+        for oname, tx in txs.items():
+            metrics[f"{fname}/{oname}"] = _descend(fn, tx, x0, static["steps"])
+        ends = jax.vmap(lambda s, fn=fn: _descend(fn, txs["diffGrad"], s, static["steps"]))(starts)
+        metrics[f"{fname}/diffGrad/reach"] = jnp.mean((jnp.abs(ends - xstar) <= 0.01).astype(x0.dtype))
+    metrics["diffgrad_gap"] = jnp.maximum(jnp.abs(metrics["F1/diffGrad"] + 0.3), jnp.abs(metrics["F2/diffGrad"] + 0.643))
+    return metrics
+
+
+def sweep_claims(config: dict[str, Any], m: dict[str, float]) -> list[Claim]:
+    """The paper's end-point claims, checked for one sweep cell."""
+    return [
+        Claim.within("F1-diffgrad-global", "diffGrad ends in F1's global minimum x=-0.3", m["F1/diffGrad"], -0.3, 0.01),
+        Claim.within("F2-diffgrad-global", "diffGrad ends in F2's global minimum x~-0.643", m["F2/diffGrad"], -0.643, 0.01),
+        Claim.within("F1-adam-local", "Adam stops in F1's local minimum x=0.2", m["F1/Adam"], 0.2, 0.01),
+        Claim.within("F2-adam-local", "Adam stops in F2's local minimum x=0.0", m["F2/Adam"], 0.0, 0.01),
+    ]

@@ -2,9 +2,17 @@
 ``register(subparsers)`` function that adds its parser and sets ``func``."""
 from __future__ import annotations
 
-import argparse
-import importlib
-import sys
+import os
+
+# XLA runs its own thread pool; jaxlib's CPU linear algebra (Cholesky, LU, eigh) calls
+# scipy's OpenBLAS, whose spin-waiting threads then fight XLA's for the cores: on a
+# busy 2-core machine a 256x256 Cholesky took 1 s instead of 1 ms. One BLAS thread
+# (unless the user chose otherwise) must be set before numpy/scipy load.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import importlib  # noqa: E402
+import sys  # noqa: E402
 
 __all__ = ["main", "CliError"]
 
@@ -12,6 +20,8 @@ __all__ = ["main", "CliError"]
 COMMANDS = [
     "lgrad.cli.experiments",
     "lgrad.cli.bench",
+    "lgrad.cli.launch",
+    "lgrad.cli.sweep",
 ]
 
 
@@ -32,8 +42,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    dist = None
+    if os.environ.get("LGRAD_DISTRIBUTED") or os.environ.get("LGRAD_COORDINATOR"):
+        # Started by `lgrad launch` (or on a cluster): join jax.distributed before jax runs.
+        from lgrad.distributed import multiprocess as dist
+
+        dist.initialize_from_env()
     parser = build_parser()
     args = parser.parse_args(argv)
+    if dist is not None:
+        dist.route_output(args)  # only process 0 writes results
     try:
         return int(args.func(args) or 0)
     except CliError as e:

@@ -23,6 +23,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="override a config value (repeatable)")
     p.add_argument("--out", default="results", help="output root (default: results/)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--checkpoint-every", type=int, default=0, metavar="N",
+                   help="checkpoint every training loop every N steps into <out>/<name>/checkpoints")
+    p.add_argument("--resume", action="store_true",
+                   help="continue a killed run from its checkpoints (same numbers as an uninterrupted run)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("reproduce", help="run every reproduction and print a table of claims")
@@ -111,6 +115,24 @@ def _prepare(names: list[str], mode: str, sets: dict[str, str], out: str) -> Non
         raise CliError(str(e)) from None
 
 
+def _check_resume(name: str, mode: str, sets: dict[str, str], out: str, every: int) -> None:
+    """Refuse (one line) to resume from checkpoints written with another config."""
+    from pathlib import Path
+
+    from lgrad.checkpoint import CheckpointMismatch, check_resume
+    from lgrad.engine import apply_overrides, get_experiment
+
+    exp = get_experiment(name)
+    config = apply_overrides(exp.config(mode), sets)
+    root = Path(out) / exp.name / "checkpoints"
+    try:
+        stored = check_resume(root, {"experiment": exp.name, "mode": mode, "config": config}, every)
+    except CheckpointMismatch as e:
+        raise CliError(str(e)) from None
+    if stored is None:
+        print(f"lgrad: no checkpoints in {root}; starting from the beginning", file=sys.stderr)
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from lgrad.engine import discover
 
@@ -128,7 +150,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     sets = parse_sets(args.sets)
     _prepare([args.name], args.mode, sets, args.out)
-    result = run_experiment(args.name, args.mode, sets, args.out, show_progress=not args.no_progress)
+    every = getattr(args, "checkpoint_every", 0)
+    resume = getattr(args, "resume", False)
+    if every < 0:
+        raise CliError(f"--checkpoint-every must be >= 0, got {every}")
+    if resume:
+        _check_resume(args.name, args.mode, sets, args.out, every)
+    result = run_experiment(
+        args.name, args.mode, sets, args.out, show_progress=not args.no_progress, checkpoint_every=every, resume=resume
+    )
     rows = [(result.name, c) for c in result.claims]
     print(format_claims_table(rows))
     print(f"wrote {result.out_dir}/result.json  ·  " + _summary(rows, 1, result.runtime_s))

@@ -54,12 +54,24 @@ def digits() -> Dataset:
     return Dataset(x=(raw[:, :-1] / 16.0).astype(np.float32), y=raw[:, -1].astype(np.int32))
 
 
-def train_test_split(data: Dataset, test_fraction: float = 0.2, *, seed: int = 0) -> tuple[Dataset, Dataset]:
-    """A seeded random split; every sample lands in exactly one part."""
+def train_test_split(data: Dataset, test_fraction: float = 0.2, *, seed: int = 0, axis: int = 0) -> tuple[Dataset, Dataset]:
+    """A seeded random split; every sample lands in exactly one part.
+
+    ``data`` is any NamedTuple with fields ``x`` and ``y`` (a :class:`Dataset`, a
+    :class:`lgrad.data.Regression`, ...); both parts keep its type and its other
+    fields. ``axis`` is the sample axis of ``x`` and ``y`` (1 for per-worker data
+    stacked as (n_workers, n_samples, ...): every worker is split the same way).
+    """
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction!r}")
-    n = len(data.y)
+    n = np.shape(data.y)[axis]
+    if n < 2:
+        raise ValueError(f"need at least 2 samples to split, got {n}")
     perm = np.random.default_rng(seed).permutation(n)
-    n_test = max(1, int(round(test_fraction * n)))
+    n_test = min(n - 1, max(1, int(round(test_fraction * n))))
     test, train = perm[:n_test], perm[n_test:]
-    return Dataset(data.x[train], data.y[train]), Dataset(data.x[test], data.y[test])
+    take = lambda a, idx: np.take(a, idx, axis=axis)  # noqa: E731
+    return (
+        data._replace(x=take(data.x, train), y=take(data.y, train)),
+        data._replace(x=take(data.x, test), y=take(data.y, test)),
+    )

@@ -97,8 +97,17 @@ def counting() -> Iterator[CommCounter]:
 
 
 def nbytes(tree: Any) -> int:
-    """Bytes of a pytree of arrays (static: from shapes and dtypes)."""
-    return int(sum(np.prod(np.shape(x), dtype=np.int64) * jnp.dtype(jnp.result_type(x)).itemsize for x in jax.tree.leaves(tree)))
+    """Bytes of a pytree of arrays (static: from shapes and dtypes).
+
+    An array's own dtype counts (a numpy int64 array is 8 bytes per element even
+    without x64); Python scalars count as jax would store them.
+    """
+
+    def itemsize(x):
+        dtype = getattr(x, "dtype", None)
+        return np.dtype(dtype if dtype is not None else jnp.result_type(x)).itemsize
+
+    return int(sum(np.prod(np.shape(x), dtype=np.int64) * itemsize(x) for x in jax.tree.leaves(tree)))
 
 
 def record(kind: str, n: int) -> None:
@@ -153,13 +162,29 @@ def ppermute(x: Any, perm: Sequence[tuple[int, int]], axis_name: str = AXIS) -> 
 
     Every worker that appears as a source sends ``nbytes(x)``; the count recorded is
     that of a sending worker (workers that send nothing still trace the same code).
+    Workers that are no pair's destination receive zeros; partial permutations work
+    on every backend (under vmap they are completed internally, see below).
     """
     perm = [(int(a), int(b)) for a, b in perm]
-    if perm:
-        record("ppermute", nbytes(x))
+    if not perm:  # nobody sends: everyone receives zeros
+        return jax.tree.map(jnp.zeros_like, x)
+    record("ppermute", nbytes(x))
     axes = _axes(axis_name)
     if isinstance(axes, str):
-        return jax.lax.ppermute(x, axes, perm=perm)
+        n = jax.lax.axis_size(axes)
+        if len(perm) == n:
+            return jax.lax.ppermute(x, axes, perm=perm)
+        # A partial permutation: jax's vmap rule only accepts full ones, so pair the
+        # idle sources with the idle destinations and zero what those receive (the
+        # semantics of jax.lax.ppermute). The extra messages carry nothing the
+        # program uses and are not counted.
+        srcs = sorted(set(range(n)) - {a for a, _ in perm})
+        dsts = sorted(set(range(n)) - {b for _, b in perm})
+        real = np.zeros(n, bool)
+        real[[b for _, b in perm]] = True
+        got = jax.lax.ppermute(x, axes, perm=perm + list(zip(srcs, dsts)))
+        keep = jnp.asarray(real)[jax.lax.axis_index(axes)]
+        return jax.tree.map(lambda g: jnp.where(keep, g, jnp.zeros_like(g)), got)
     # Workers split over (device, local) axes: JAX's ppermute cannot mix a mesh axis
     # with a vmapped one, so gather and pick the source (same result, simulated).
     n = axis_size(axis_name)

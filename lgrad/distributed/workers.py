@@ -18,6 +18,15 @@ axis and the in-device worker axis.
 Inputs with a leading worker axis of size n are split over workers (``in_axes=0``);
 ``in_axes=None`` broadcasts an argument to every worker. Outputs carry the worker
 axis first.
+
+Multi-process (``jax.distributed``, see :mod:`lgrad.distributed.multiprocess`): with
+``backend="mesh"`` the mesh spans every process's devices. Each process calls
+``run_workers`` with the same global inputs; they are placed with :func:`place`
+(``jax.make_array_from_callback``: each process materialises only its own shards)
+and the outputs come back replicated, so every process reads the full result.
+Inside your own jitted loop (``make_program``), place the initial carry with
+:func:`place` and reduce per-worker metrics to scalars inside the step (replicated
+arrays are readable on every process; worker-sharded ones are not).
 """
 from __future__ import annotations
 
@@ -31,7 +40,7 @@ from jax.sharding import PartitionSpec as P
 
 from lgrad.distributed.comm import AXIS, split_axis
 
-__all__ = ["BACKENDS", "run_workers", "worker_mesh"]
+__all__ = ["BACKENDS", "place", "run_workers", "spans_processes", "worker_mesh"]
 
 BACKENDS = ("vmap", "mesh", "pmap")
 
@@ -93,10 +102,41 @@ def run_workers(
     program = make_program(fn, n_workers=n_workers, backend=backend, in_axes=axes, axis_name=axis_name, devices=devices)
     if backend != "vmap":
         mesh = worker_mesh(n_workers, axis_name, devices)
+        multi = spans_processes(mesh)
         args = tuple(
-            jax.device_put(a, NamedSharding(mesh, P(axis_name) if ax == 0 else P())) for a, ax in zip(args, axes)
+            place(a, NamedSharding(mesh, P(axis_name) if ax == 0 else P())) for a, ax in zip(args, axes)
         )
+        if multi and jit:
+            # Under jax.distributed the mesh spans other processes' devices; return
+            # the outputs replicated so that every process can read them.
+            return jax.jit(program, out_shardings=NamedSharding(mesh, P()))(*args)
     return (jax.jit(program) if jit else program)(*args)
+
+
+def spans_processes(mesh: jax.sharding.Mesh) -> bool:
+    """Whether ``mesh`` holds devices of other processes (under ``jax.distributed``)."""
+    me = jax.process_index()
+    return any(d.process_index != me for d in mesh.devices.flat)
+
+
+def place(tree: Any, sharding: jax.sharding.Sharding) -> Any:
+    """Put a pytree of host values on ``sharding``, also when it spans processes.
+
+    Every process passes the same global value; under ``jax.distributed`` each one
+    builds only its addressable shards (``jax.make_array_from_callback``), so the
+    result is one global ``jax.Array``. Leaves that already are global arrays are
+    resharded with ``jax.device_put``.
+    """
+    if sharding.is_fully_addressable:
+        return jax.device_put(tree, sharding)
+
+    def leaf(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return jax.device_put(x, sharding)
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
+
+    return jax.tree.map(leaf, tree)
 
 
 def make_program(

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
 from lgrad.engine.claims import Claim, to_jsonable
-from lgrad.engine.config import apply_overrides
+from lgrad.engine.config import ConfigError, apply_overrides
 from lgrad.engine.environment import environment
 from lgrad.engine.registry import get
 
@@ -40,6 +40,7 @@ class RunContext:
     out_dir: Path
     show_progress: bool = True
     _metrics_file: Any = None
+    checkpoints: Any = None  # the lgrad.checkpoint.CheckpointSession when checkpointing, else None
 
     def log(self, series: str, step: int | None = None, **values: Any) -> None:
         """Append one line to ``metrics.jsonl`` (``series`` names the curve)."""
@@ -125,23 +126,47 @@ def run_experiment(
     out: str | os.PathLike = "results",
     *,
     show_progress: bool = True,
+    checkpoint_every: int = 0,
+    resume: bool = False,
 ) -> Result:
     """Run experiment ``name`` in ``mode`` and write ``<out>/<name>/``.
 
-    Raises ``UnknownExperiment`` (a ``KeyError``), ``ConfigError`` (a ``ValueError``)
-    or ``PermissionError`` before any computation when the request is bad.
+    With ``checkpoint_every > 0`` or ``resume``, every training loop of the run
+    (``lgrad.engine.fit`` / ``run_loop``) checkpoints into ``<out>/<name>/checkpoints``
+    every ``checkpoint_every`` steps; ``resume`` continues from there (a killed run
+    finishes with the same numbers as an uninterrupted one). The checkpoints are
+    deleted when the run completes.
+
+    Raises ``UnknownExperiment`` (a ``KeyError``), ``ConfigError`` (a ``ValueError``;
+    also for a resume directory written with another config) or ``PermissionError``
+    before any computation when the request is bad.
     """
     exp = get(name)
     config = apply_overrides(exp.config(mode), overrides)
+    if checkpoint_every < 0:
+        raise ConfigError(f"checkpoint_every must be >= 0, got {checkpoint_every}")
     root = check_writable(out)
     out_dir = check_writable(root / exp.name)
+    session = None
+    if checkpoint_every > 0 or resume:
+        from lgrad.checkpoint import CheckpointSession
+
+        session = CheckpointSession(
+            out_dir / "checkpoints",
+            every=checkpoint_every or None,
+            fingerprint={"experiment": exp.name, "mode": mode, "config": config},
+            resume=resume,
+        )
     for stale in out_dir.glob("*.png"):
         stale.unlink()
     (out_dir / "config.json").write_text(json.dumps(to_jsonable({"mode": mode, **config}), indent=2) + "\n")
     start = time.perf_counter()
     with _matplotlib_headless(), open(out_dir / "metrics.jsonl", "w") as metrics:
-        ctx = RunContext(name=exp.name, mode=mode, out_dir=out_dir, show_progress=show_progress, _metrics_file=metrics)
-        claims = list(exp.run(config, ctx))
+        ctx = RunContext(
+            name=exp.name, mode=mode, out_dir=out_dir, show_progress=show_progress, _metrics_file=metrics, checkpoints=session
+        )
+        with session.activate() if session is not None else contextlib.nullcontext():
+            claims = list(exp.run(config, ctx))
     runtime = time.perf_counter() - start
     for c in claims:
         if not isinstance(c, Claim):
@@ -157,4 +182,6 @@ def run_experiment(
         out_dir=out_dir,
     )
     (out_dir / "result.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    if session is not None:
+        session.remove()
     return result

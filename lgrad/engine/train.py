@@ -58,6 +58,7 @@ def run_loop(
     progress: Callable[..., Any] | None = None,
     on_chunk: Callable[[Any, int], None] | None = None,
     start_step: int = 0,
+    checkpoint: Any = None,
 ) -> FitResult:
     """Run ``steps`` steps of ``step_fn`` under ``jax.jit(lax.scan)``.
 
@@ -74,14 +75,36 @@ def run_loop(
       progress: a ``tqdm``-like factory ``progress(total=..., desc=...)``.
       on_chunk: called as ``on_chunk(carry, steps_done)`` after every chunk.
       start_step: steps already done (when resuming), for the eval schedule.
+      checkpoint: a :class:`lgrad.checkpoint.LoopCheckpoint`; ``None`` (default)
+        takes the next one from the active :class:`lgrad.checkpoint.CheckpointSession`
+        if a run is being checkpointed (``lgrad run --checkpoint-every/--resume``),
+        ``False`` disables checkpointing. The loop then restores its latest good
+        checkpoint (carry, history, evals), saves every ``checkpoint.every`` steps
+        (chunks shrink to fit) and at the end, and finishes with the same numbers
+        as an uninterrupted run.
     """
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
     if eval_every < 0:
         raise ValueError(f"eval_every must be >= 0, got {eval_every}")
+    if checkpoint is None:
+        from lgrad.checkpoint import active_session
+
+        session = active_session()
+        checkpoint = session.next_loop() if session is not None else None
+    elif checkpoint is False:
+        checkpoint = None
     period = eval_every if eval_every > 0 else max(steps, 1)
+    # Without periodic evals a checkpointed loop still needs blocks of ``every`` steps;
+    # those blocks skip the eval and the single final eval is done after the loop.
+    eval_in_blocks = True
+    if checkpoint is not None and eval_every == 0 and chunk_size is None and checkpoint.every < steps:
+        period, eval_in_blocks = checkpoint.every, False
     if chunk_size is None:
-        chunk_size = period * max(1, 500 // period) if period < 500 else period
+        if checkpoint is not None:
+            chunk_size = checkpoint.chunk_size(period)
+        else:
+            chunk_size = period * max(1, 500 // period) if period < 500 else period
     if chunk_size % period:
         raise ValueError(f"chunk_size ({chunk_size}) must be a multiple of eval_every ({period})")
     evaluate = eval_fn if eval_fn is not None else (lambda c: {})
@@ -92,7 +115,7 @@ def run_loop(
 
     def block(c, _):
         c, metrics = jax.lax.scan(lambda cc, __: step_fn(cc), c, None, length=period)
-        return c, (metrics, evaluate(c))
+        return c, (metrics, evaluate(c) if eval_in_blocks else {})
 
     compiled: dict[int, Callable] = {}
 
@@ -114,25 +137,42 @@ def run_loop(
     history: list[dict[str, Any]] = []
     evals: list[dict[str, Any]] = []
     eval_steps: list[int] = []
-    if start_step == 0 and eval_fn is not None:
+    done = 0
+    resumed = checkpoint.restore(carry, steps) if checkpoint is not None else None
+    if resumed is not None:
+        carry, done = resumed.carry, resumed.done
+        history = [resumed.history] if resumed.history else []
+        evals = [resumed.evals] if resumed.evals else []
+        eval_steps = list(resumed.eval_steps)
+    elif start_step == 0 and eval_fn is not None:
         evals.append(jax.tree.map(lambda x: np.asarray(x)[None], eval_jit(carry)))
         eval_steps.append(0)
     bar = progress(total=steps, desc="steps") if progress is not None else None
-    done = 0
+    if bar is not None and done:
+        bar.update(done)
+
+    def save_if_due() -> None:
+        if checkpoint is not None and checkpoint.due(done, steps):
+            history[:] = [_stack(history)] if history else []
+            kept = [e for e in evals if e]
+            evals[:] = [_stack(kept)] if kept else []
+            checkpoint.save(carry, done, steps, history[0] if history else {}, evals[0] if evals else {}, eval_steps)
     full_blocks, rest = divmod(steps, period)
     blocks_per_chunk = chunk_size // period
     while done < full_blocks * period:
         nb = min(blocks_per_chunk, full_blocks - done // period)
         carry, (metrics, ev) = chunk(carry, nb)
         history.append(jax.tree.map(lambda x: np.asarray(x).reshape((-1,) + np.shape(x)[2:]), metrics))
-        evals.append(jax.tree.map(np.asarray, ev))
-        eval_steps.extend(start_step + done + period * (i + 1) for i in range(nb))
+        if eval_in_blocks:
+            evals.append(jax.tree.map(np.asarray, ev))
+            eval_steps.extend(start_step + done + period * (i + 1) for i in range(nb))
         done += nb * period
         if bar is not None:
             bar.update(nb * period)
+        save_if_due()
         if on_chunk is not None:
             on_chunk(carry, start_step + done)
-    if rest:
+    if rest and done < steps:
         carry, (metrics, ev) = tail(carry, rest)
         history.append(jax.tree.map(np.asarray, metrics))
         evals.append(jax.tree.map(lambda x: np.asarray(x)[None], ev))
@@ -140,8 +180,12 @@ def run_loop(
         eval_steps.append(start_step + done)
         if bar is not None:
             bar.update(rest)
+        save_if_due()
         if on_chunk is not None:
             on_chunk(carry, start_step + done)
+    if not eval_in_blocks and not rest and eval_fn is not None:
+        evals.append(jax.tree.map(lambda x: np.asarray(x)[None], eval_jit(carry)))
+        eval_steps.append(start_step + steps)
     if bar is not None:
         bar.close()
     return FitResult(
@@ -183,6 +227,7 @@ def fit(
     progress: Callable[..., Any] | None = None,
     on_chunk: Callable[[Any, int], None] | None = None,
     state: TrainState | None = None,
+    checkpoint: Any = None,
 ) -> FitResult:
     """Minimise ``loss_fn(params, batch)`` with ``optimizer`` for ``steps`` steps.
 
@@ -192,7 +237,10 @@ def fit(
     rules that need them work unchanged. Per-step history holds ``loss`` (and the
     aux dict when ``has_aux``; the params when ``record_params``).
 
-    Pass ``state`` (a ``TrainState``) to continue a previous run.
+    Pass ``state`` (a ``TrainState``) to continue a previous run. ``checkpoint``
+    is passed to :func:`run_loop` (by default the active checkpoint session's next
+    loop checkpoint): params, optimizer state, RNG key and step (the data position
+    of ``batch_fn``) are saved every ``checkpoint.every`` steps and restored on resume.
     """
     tx = optax.with_extra_args_support(optimizer)
     if state is None:
@@ -227,4 +275,5 @@ def fit(
         progress=progress,
         on_chunk=on_chunk,
         start_step=int(state.step),
+        checkpoint=checkpoint,
     )

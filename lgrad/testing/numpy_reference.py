@@ -64,3 +64,42 @@ def adam_reference(
         x = x - learning_rate * (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps)
         out.append(x.copy())
     return np.asarray(out)
+
+
+def dgc_reference(
+    grad_fn: GradFn,
+    x0: np.ndarray,
+    steps: int,
+    *,
+    learning_rate: float = 0.1,
+    density: float = 0.5,
+    momentum: float = 0.9,
+    nesterov: bool = False,
+    momentum_masking: bool = True,
+) -> np.ndarray:
+    """Single-worker Deep Gradient Compression with exact top-k (Lin et al. 2018,
+    Algorithm 1 with n = 1): u <- m u + g, v <- v + u (Nesterov: u <- m (u + g),
+    v <- v + u + g); send the k = round(density * size) largest |v|; u, v <- 0 there
+    (u only with momentum masking); x <- x - lr * sent. One flat tensor."""
+    x = np.array(x0, dtype=np.float64)
+    u = np.zeros_like(x)
+    v = np.zeros_like(x)
+    k = int(round(density * x.size))
+    out = []
+    for _ in range(steps):
+        g = grad_fn(x)
+        if nesterov:
+            u = momentum * (u + g)
+            v = v + u + g
+        else:
+            u = momentum * u + g
+            v = v + u
+        idx = np.argsort(-np.abs(v), kind="stable")[:k]
+        sent = np.zeros_like(x)
+        sent[idx] = v[idx]
+        v[idx] = 0.0
+        if momentum_masking:
+            u[idx] = 0.0
+        x = x - learning_rate * sent
+        out.append(x.copy())
+    return np.asarray(out)

@@ -1,4 +1,4 @@
-"""Multi-stage training in any order, and local unlearning, on ``lgrad.engine.fit``.
+r"""Multi-stage training in any order, and local unlearning, on ``lgrad.engine.fit``.
 
 ``train_stages`` runs an ordered selection of ``Stage``s, one ``fit`` call per stage,
 carrying the parameters (not the optimizer state) from stage to stage. Stage ``s``
@@ -161,27 +161,40 @@ def unlearning_loss(
     *,
     beta: float | None = None,
     ref_params: Any = None,
+    batched: bool = False,
 ) -> Callable[[Any, Any], jax.Array]:
     """``(params, forget_batch) -> loss`` for ``method`` in ``("ga", "npo", "simnpo")``.
 
     ``logprob_fn(params, batch)`` returns the per-example log-probabilities ``(n,)``.
     NPO needs ``ref_params`` (the frozen model before unlearning); ``beta`` defaults to
     0.5 (NPO) and 1.0 (SimNPO), the paper's values.
+
+    ``batched=True``: ``params`` (and ``ref_params``) carry a leading axis of
+    independent models (e.g. one per training path) and the loss is the *sum* of
+    the per-model losses, so each model receives exactly its own gradient. With an
+    element-wise optimizer (SGD, Adam, ...) one ``fit`` then unlearns all models at
+    once, identically to separate runs; rules that couple coordinates (global-norm
+    clipping) would mix them.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if method == "ga":
         if beta is not None:
             raise ValueError("beta is not used by gradient ascent ('ga'); leave it None")
-        return lambda p, b: gradient_ascent_loss(logprob_fn(p, b))
-    beta = DEFAULT_BETA[method] if beta is None else beta
-    check_positive(beta, "beta")
-    if method == "npo":
-        if ref_params is None:
-            raise ValueError("NPO needs ref_params (the frozen reference model's parameters)")
-        frozen = jax.lax.stop_gradient(ref_params)
-        return lambda p, b: npo_loss(logprob_fn(p, b), logprob_fn(frozen, b), beta=beta)
-    return lambda p, b: simnpo_loss(logprob_fn(p, b), beta=beta)
+        single = lambda p, r, b: gradient_ascent_loss(logprob_fn(p, b))
+    else:
+        beta = DEFAULT_BETA[method] if beta is None else beta
+        check_positive(beta, "beta")
+        if method == "npo":
+            if ref_params is None:
+                raise ValueError("NPO needs ref_params (the frozen reference model's parameters)")
+            single = lambda p, r, b: npo_loss(logprob_fn(p, b), logprob_fn(r, b), beta=beta)
+        else:
+            single = lambda p, r, b: simnpo_loss(logprob_fn(p, b), beta=beta)
+    frozen = None if ref_params is None else jax.lax.stop_gradient(ref_params)
+    if not batched:
+        return lambda p, b: single(p, frozen, b)
+    return lambda p, b: jnp.sum(jax.vmap(lambda pi, ri: single(pi, ri, b))(p, frozen if frozen is not None else p))
 
 
 def unlearn(
@@ -198,24 +211,49 @@ def unlearn(
     eval_fn: Callable[[Any], dict[str, Any]] | None = None,
     eval_every: int = 0,
     record_params: bool = False,
+    batched: bool = False,
 ) -> FitResult:
     """Local unlearning: ``steps`` steps of ``method`` on ``forget_data`` from ``params``.
 
-    The NPO reference model is ``params`` itself (the model before unlearning).
-    Raises ``ValueError`` for an empty forget set, an unknown method or ``beta <= 0``.
+    Only forget-set log-probabilities enter the loss (a *local* method). The NPO
+    reference model is ``params`` itself (the frozen model before unlearning).
+    ``batched=True`` unlearns a stack of independent models at once (see
+    ``unlearning_loss``). Raises ``ValueError`` for an empty forget set, an unknown
+    method or ``beta <= 0``.
     """
     leaves = jax.tree.leaves(forget_data)
     if not leaves or any(jnp.shape(x)[0] == 0 for x in leaves):
         raise ValueError("forget_data is empty: the forget set must contain at least one example")
     check_int(steps, "steps", minimum=0)
-    loss = unlearning_loss(method, logprob_fn, beta=beta, ref_params=params if method == "npo" else None)
-    batch_fn = None if batch_size is None else batch_sampler(forget_data, batch_size)
+    if method == "npo":
+        # The frozen reference's log-probs on the forget set are computed once here and
+        # travel with the data (rows sampled together), instead of re-running the
+        # reference model inside every step (and inside XLA's constant folding).
+        beta = DEFAULT_BETA["npo"] if beta is None else beta
+        check_positive(beta, "beta")
+        ref_fn = jax.jit(jax.vmap(logprob_fn, in_axes=(0, None)) if batched else logprob_fn)
+        ref_logp = jax.lax.stop_gradient(ref_fn(params, forget_data))
+        if batched:  # rows first, models second, so that minibatches take rows
+            ref_logp = jnp.moveaxis(ref_logp, 0, 1)
+        data = (forget_data, ref_logp)
+
+        def single(p, b, r):
+            return npo_loss(logprob_fn(p, b), r, beta=beta)
+
+        if batched:
+            loss = lambda p, d: jnp.sum(jax.vmap(single, in_axes=(0, None, 1))(p, d[0], d[1]))
+        else:
+            loss = lambda p, d: single(p, d[0], d[1])
+    else:
+        loss = unlearning_loss(method, logprob_fn, beta=beta, batched=batched)
+        data = forget_data
+    batch_fn = None if batch_size is None else batch_sampler(data, batch_size)
     return fit(
         loss,
         params,
         optimizer,
         steps=steps,
-        data=forget_data if batch_fn is None else None,
+        data=data if batch_fn is None else None,
         batch_fn=batch_fn,
         key=key,
         eval_fn=eval_fn,

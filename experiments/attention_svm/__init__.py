@@ -1,0 +1,288 @@
+"""Attention's implicit bias toward the Att-SVM solution (PAPERS.md A1).
+
+Paper: D. A. Tarzanagh, Y. Li, C. Thrampoulidis, S. Oymak, "Transformers as Support
+Vector Machines", arXiv:2308.16898 (2023): Theorems 2-5 and the "local convergence"
+experiment (n=6, T=8, d=10; their Fig. 2-style correlation curves) and the
+over-parameterisation discussion (Section 4, global convergence as d grows).
+Command: ``lgrad run attention-svm --quick`` (``--full`` for 400 seeds and more d).
+Expected: normalised GD on W aligns with the Frobenius Att-SVM of the tokens it
+selects (mean correlation >= 0.99 at iteration 1000) and GD on (K, Q) with the
+nuclear-norm Att-SVM (>= 0.98 at 1500); each is >= 0.05 less aligned with the other
+norm's SVM (cross-norm ~0.87). A second figure reports how often GD reaches the
+globally optimal tokens as d grows with n, T fixed.
+
+Protocol (the authors' local_converge notebook, re-implemented in JAX): every seed
+draws its own data set and initialisation; both parameterisations train side by side
+in one jitted ``lax.scan`` (``lgrad.engine.run_loop``), vmapped over seeds, in
+float64, with W <- W - 0.1 g/(|g|_F + eps) (``optax.normalize_by_update_norm``; K
+and Q normalised separately; lambda = 2.22e-16 on (K, Q)). The SVM tokens are the
+largest-softmax tokens at the last iteration; the correlations are taken at every
+``eval_every`` iterations against those SVM solutions (cvxpy + Clarabel; the
+Frobenius one is polished to machine precision).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lgrad.analysis import attention_svm as asvm
+from lgrad.engine import Claim, RunContext
+
+NAME = "attention-svm"
+PAPER = "Tarzanagh, Li, Thrampoulidis, Oymak 2023, Transformers as Support Vector Machines (arXiv:2308.16898)"
+DESCRIPTION = "Normalised GD on 1-layer attention: W -> Frobenius Att-SVM, (K,Q) -> nuclear Att-SVM; global tokens vs d."
+EXPECTED = "mean corr(W, W_fro) >= 0.99 at it. 1000; mean corr(K^T Q, W_nuc) >= 0.98 at it. 1500; own norm >= 0.05 closer."
+
+_COMMON = dict(
+    seed=0,
+    n=6,
+    T=8,
+    d=10,
+    learning_rate=0.1,
+    reg=asvm.FLOAT64_EPS,
+    steps=2000,
+    eval_every=10,
+    check_fro_at=1000,
+    check_nuc_at=1500,
+    sweep_steps=1000,
+)
+CONFIGS = {
+    # The authors ran 100 seeds (RUN = 100); we use the same number in quick mode,
+    # since a 20-seed mean is moved by a single slow seed (see the report / note).
+    "quick": dict(_COMMON, seeds=100, sweep_ds=[2, 3, 4, 6, 8, 10, 16, 24], sweep_problems=40),
+    "full": dict(_COMMON, seeds=400, sweep_ds=[2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 48], sweep_problems=400),
+}
+SMOKE = dict(seeds=2, steps=40, eval_every=10, check_fro_at=30, check_nuc_at=40, sweep_ds=[2, 4], sweep_problems=2, sweep_steps=30)
+
+
+def run(config: dict[str, Any], ctx: RunContext) -> list[Claim]:
+    with jax.enable_x64(True):
+        return _run(config, ctx)
+
+
+def _problems(key, seeds, n, T, d):
+    kd, ki = jax.random.split(key)
+    prob = jax.vmap(lambda k: asvm.make_problem(k, n, T, d))(jax.random.split(kd, seeds))
+    params = jax.vmap(lambda k: asvm.init_params(k, d, "both"))(jax.random.split(ki, seeds))
+    return prob, params
+
+
+def _seed(tree, s):
+    return jax.tree.map(lambda a: np.asarray(a)[s], tree)
+
+
+def _solve(cache, p, opt, norm):
+    key = (tuple(int(o) for o in opt), norm)
+    if key not in cache:
+        try:
+            cache[key] = asvm.att_svm(p.X, p.z, opt, norm=norm)
+        except asvm.AttSVMInfeasible:
+            cache[key] = None
+    return cache[key]
+
+
+def _run(cfg: dict[str, Any], ctx: RunContext) -> list[Claim]:
+    steps, every = cfg["steps"], cfg["eval_every"]
+    for k in ("check_fro_at", "check_nuc_at"):
+        if cfg[k] % every or not 0 < cfg[k] <= steps:
+            raise ValueError(f"{k} must be a multiple of eval_every in (0, steps], got {cfg[k]}")
+    if cfg["seeds"] < 1:
+        raise ValueError(f"seeds must be >= 1, got {cfg['seeds']}")
+    key = jax.random.PRNGKey(cfg["seed"])
+    k_main, k_sweep = jax.random.split(key)
+    S = cfg["seeds"]
+
+    # ---- 1. local-convergence setting: both parameterisations, all seeds, one program
+    prob, params = _problems(k_main, S, cfg["n"], cfg["T"], cfg["d"])
+    res = asvm.train_attention(
+        prob, params, steps=steps, learning_rate=cfg["learning_rate"], reg=cfg["reg"], eval_every=every,
+        progress=ctx.progress,
+    )
+    it = np.asarray(res.eval_steps)
+    curves = {name: np.full((S, len(it)), np.nan) for name in ("W-fro", "W-nuc", "KQ-nuc", "KQ-fro")}
+    min_margin, infeasible, polished, n_solves = np.inf, 0, 0, 0
+    local_W, global_W, global_KQ, same_tokens = [], [], [], []
+    for s in ctx.progress(range(S), total=S, desc="Att-SVM solves"):
+        p = _seed(prob, s)
+        cache: dict = {}
+        gopt = np.asarray(asvm.globally_optimal_tokens(p))
+        opts = {}
+        for model in ("W", "KQ"):
+            Wfin = np.asarray(res.evals[model][-1, s])
+            opts[model] = np.asarray(asvm.select_tokens(Wfin, p.X, p.z))
+            for norm in ("fro", "nuc"):
+                sol = _solve(cache, p, opts[model], norm)
+                if sol is None:
+                    infeasible += 1
+                    continue
+                curves[f"{model}-{norm}"][s] = np.asarray(asvm.correlation(res.evals[model][:, s], sol.W))
+        for sol in cache.values():
+            if sol is not None:
+                n_solves += 1
+                polished += int(sol.polished)
+                min_margin = min(min_margin, sol.min_margin)
+        sol_w = cache.get((tuple(int(o) for o in opts["W"]), "fro"))
+        if sol_w is not None:
+            local_W.append(bool(np.all(asvm.is_locally_optimal(p, opts["W"], sol_w))))
+        global_W.append(bool(np.all(opts["W"] == gopt)))
+        global_KQ.append(bool(np.all(opts["KQ"] == gopt)))
+        same_tokens.append(bool(np.all(opts["W"] == opts["KQ"])))
+
+    i_fro, i_nuc = int(np.searchsorted(it, cfg["check_fro_at"])), int(np.searchsorted(it, cfg["check_nuc_at"]))
+    at = {
+        "W-fro": curves["W-fro"][:, i_fro], "W-nuc": curves["W-nuc"][:, i_fro],
+        "KQ-nuc": curves["KQ-nuc"][:, i_nuc], "KQ-fro": curves["KQ-fro"][:, i_nuc],
+    }
+    mean = {k: float(np.nanmean(v)) for k, v in at.items()}
+    stats = {
+        k: dict(mean=mean[k], median=float(np.nanmedian(v)), worst=float(np.nanmin(v)),
+                frac_below_0_99=float(np.nanmean(v < 0.99)))
+        for k, v in at.items()
+    }
+    for j, t in enumerate(it):
+        ctx.log("correlation", step=int(t), **{k: float(np.nanmean(c[:, j])) for k, c in curves.items()},
+                **{f"{k}_worst": float(np.nanmin(c[:, j])) for k, c in curves.items()})
+    final_maxprob = {m: float(np.mean(res.history[f"maxprob_{m}"][-1])) for m in ("W", "KQ")}
+    ctx.log("local", stats=stats, final_maxprob=final_maxprob, svm_min_margin=min_margin,
+            svm_infeasible=infeasible, fro_polished=polished)
+    _plot_curves(ctx, it, curves, cfg, S)
+
+    # ---- 2. over-parameterisation: fraction of problems where GD selects the global tokens.
+    # Every d is zero-padded to D = max(d) so that all (d, problem) pairs train in ONE
+    # compiled program; the padding is exact: padded token/query coordinates are 0, so
+    # the logits only see the top-left d x d block of W (and of K, Q, initialised with
+    # zeros outside it, which their gradients and the tiny weight decay keep at 0),
+    # and the per-array gradient norms are those of the d-dimensional model.
+    ds = [int(d) for d in cfg["sweep_ds"]]
+    P, D = cfg["sweep_problems"], max(ds)
+    ks = jax.random.split(k_sweep, len(ds))
+    parts, raw = [], []
+    for d, kd in zip(ds, ks):
+        sprob, sparams = _problems(kd, P, cfg["n"], cfg["T"], d)
+        raw.append(sprob)
+        pad = lambda a, axes: jnp.pad(a, [(0, D - d) if ax in axes else (0, 0) for ax in range(a.ndim)])  # noqa: E731
+        parts.append((
+            asvm.AttentionProblem(pad(sprob.X, (3,)), sprob.y, pad(sprob.z, (2,)), pad(sprob.v, (1,))),
+            {k: pad(v, (1, 2)) for k, v in sparams.items()},
+        ))
+    allprob = jax.tree.map(lambda *a: jnp.concatenate(a), *[q for q, _ in parts])
+    allparams = jax.tree.map(lambda *a: jnp.concatenate(a), *[w for _, w in parts])
+    sres = asvm.train_attention(allprob, allparams, steps=cfg["sweep_steps"], learning_rate=cfg["learning_rate"],
+                                reg=cfg["reg"], progress=ctx.progress)
+    gopt_all = np.asarray(jax.vmap(asvm.globally_optimal_tokens)(allprob))
+    sel_all = {m: np.asarray(jax.vmap(asvm.select_tokens)(sres.evals[m][-1], allprob.X, allprob.z)) for m in ("W", "KQ")}
+    sweep = []
+    for j, d in enumerate(ctx.progress(ds, total=len(ds), desc="d sweep SVM feasibility")):
+        sl = slice(j * P, (j + 1) * P)
+        row = {"d": d, "problems": P}
+        for model in ("W", "KQ"):
+            row[f"global_{model}"] = float(np.mean(np.all(sel_all[model][sl] == gopt_all[sl], axis=1)))
+        feasible = 0
+        for s in range(P):
+            p = _seed(raw[j], s)
+            try:
+                asvm.att_svm(p.X, p.z, gopt_all[j * P + s], norm="fro")
+                feasible += 1
+            except asvm.AttSVMInfeasible:
+                pass
+        row["global_svm_feasible"] = feasible / P
+        sweep.append(row)
+        ctx.log("overparam", **row)
+    _plot_sweep(ctx, sweep, cfg)
+
+    fro_note = (
+        f"median {stats['W-fro']['median']:.4f}, worst seed {stats['W-fro']['worst']:.4f}, "
+        f"{stats['W-fro']['frac_below_0_99']:.0%} of {S} seeds below 0.99 (seeds whose largest-softmax tokens "
+        "still change after iteration 1000 converge late); independent numpy run: 0.995 (worst 0.990)"
+    )
+    nuc_note = (
+        f"median {stats['KQ-nuc']['median']:.4f}, worst seed {stats['KQ-nuc']['worst']:.4f}; "
+        "independent numpy run: 0.996 (worst 0.981)"
+    )
+    d_ref = cfg["d"]
+    return [
+        Claim.at_least("W-fro-svm", "GD on W aligns with the Frobenius Att-SVM of its selected tokens "
+                       f"(mean corr at iteration {cfg['check_fro_at']}, {S} seeds)", mean["W-fro"], 0.99, note=fro_note),
+        Claim.at_least("KQ-nuc-svm", "GD on (K, Q) aligns with the nuclear-norm Att-SVM "
+                       f"(mean corr(K^T Q, W_nuc) at iteration {cfg['check_nuc_at']}, {S} seeds)", mean["KQ-nuc"], 0.98,
+                       note=nuc_note),
+        Claim.at_least("W-prefers-fro", "W is >= 0.05 closer to the Frobenius SVM than to the nuclear one "
+                       f"(mean corr difference at iteration {cfg['check_fro_at']})", mean["W-fro"] - mean["W-nuc"], 0.05,
+                       note=f"corr(W, W_nuc) = {mean['W-nuc']:.4f} (reference ~0.87)"),
+        Claim.at_least("KQ-prefers-nuc", "K^T Q is >= 0.05 closer to the nuclear SVM than to the Frobenius one "
+                       f"(mean corr difference at iteration {cfg['check_nuc_at']})", mean["KQ-nuc"] - mean["KQ-fro"], 0.05,
+                       note=f"corr(K^T Q, W_fro) = {mean['KQ-fro']:.4f} (reference ~0.87)"),
+        Claim.at_least("svm-constraints", "every Att-SVM solution satisfies its constraints (smallest margin over all "
+                       "solutions)", min_margin, 1 - 1e-6,
+                       note=f"{n_solves} solutions, {polished} Frobenius ones polished to machine precision by the "
+                            f"active-set KKT solve; {infeasible} infeasible"),
+        Claim.finding("token-optimality", f"share of the {S} seeds (d = {d_ref}) whose GD-selected tokens are locally "
+                      "optimal (Def. 2, W model) / globally optimal (W, K^T Q) / the same for W and (K, Q)",
+                      {"locally_optimal_W": float(np.mean(local_W)) if local_W else float("nan"),
+                       "globally_optimal_W": float(np.mean(global_W)), "globally_optimal_KQ": float(np.mean(global_KQ)),
+                       "same_tokens_W_KQ": float(np.mean(same_tokens)), "final_mean_max_softmax": final_maxprob},
+                      note="the paper's theory: GD converges to locally optimal tokens, not necessarily global ones"),
+        Claim.finding("overparam-global", f"fraction of {cfg['sweep_problems']} random problems (n={cfg['n']}, "
+                      f"T={cfg['T']}) where GD ({cfg['sweep_steps']} steps) ends on the globally optimal tokens, by d; "
+                      "and where the global-token Att-SVM is feasible", sweep,
+                      note="the paper: over-parameterisation (larger d) makes the SVM feasible and convergence global"),
+    ]
+
+
+def _plot_curves(ctx, it, curves, cfg, S) -> None:
+    import matplotlib.pyplot as plt
+
+    style = {
+        "W-fro": ("tab:blue", "-", "W vs Frobenius SVM"),
+        "W-nuc": ("tab:blue", "--", "W vs nuclear SVM (control)"),
+        "KQ-nuc": ("tab:red", "-", "K$^T$Q vs nuclear SVM"),
+        "KQ-fro": ("tab:red", "--", "K$^T$Q vs Frobenius SVM (control)"),
+    }
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.3))
+    for ax, ylim in zip(axes, ((-0.3, 1.02), (0.75, 1.005))):
+        for k, (c, ls, label) in style.items():
+            m = np.nanmean(curves[k], axis=0)
+            lo, hi = np.nanpercentile(curves[k], 10, axis=0), np.nanpercentile(curves[k], 90, axis=0)
+            ax.plot(it, m, color=c, ls=ls, lw=1.6, label=label)
+            ax.fill_between(it, lo, hi, color=c, alpha=0.12 if ls == "-" else 0.07, lw=0)
+        ax.axvline(cfg["check_fro_at"], color="tab:blue", lw=0.7, ls=":")
+        ax.axvline(cfg["check_nuc_at"], color="tab:red", lw=0.7, ls=":")
+        ax.set_ylim(*ylim)
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("correlation with the Att-SVM solution")
+        ax.grid(alpha=0.3)
+    axes[0].set_title(f"mean over {S} seeds, band 10-90th percentile")
+    axes[1].set_title("zoom (dotted: the checked iterations)")
+    axes[0].legend(fontsize=8, loc="lower right")
+    fig.suptitle(f"Normalised GD, n={cfg['n']}, T={cfg['T']}, d={cfg['d']}, lr={cfg['learning_rate']}, float64")
+    fig.tight_layout()
+    ctx.savefig(fig, "svm_correlation.png", dpi=100)
+
+
+def _plot_sweep(ctx, sweep, cfg) -> None:
+    import matplotlib.pyplot as plt
+
+    ds = np.array([r["d"] for r in sweep])
+    P = cfg["sweep_problems"]
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for key, c, label in (("global_W", "tab:blue", "GD on W ends on global tokens"),
+                          ("global_KQ", "tab:red", "GD on (K,Q) ends on global tokens"),
+                          ("global_svm_feasible", "0.4", "global-token Att-SVM feasible")):
+        f = np.array([r[key] for r in sweep])
+        se = np.sqrt(np.clip(f * (1 - f), 0, None) / max(P, 1))
+        ax.errorbar(ds, f, yerr=se, color=c, marker="o", ms=4, capsize=2, lw=1.4,
+                    ls="--" if key == "global_svm_feasible" else "-", label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ds)
+    ax.set_xticklabels([str(d) for d in ds])
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_xlabel("d (embedding dimension)")
+    ax.set_ylabel(f"fraction of {P} problems (±1 s.e.)")
+    ax.set_title(f"Over-parameterisation: n={cfg['n']}, T={cfg['T']}, {cfg['sweep_steps']} steps")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    ctx.savefig(fig, "overparam_global.png", dpi=100)

@@ -1,0 +1,514 @@
+r"""Deep Gradient Compression (DGC) as composable, jit-compatible pieces.
+
+Reference: Y. Lin, S. Han, H. Mao, Y. Wang, W. J. Dally, "Deep Gradient
+Compression: Reducing the Communication Bandwidth for Distributed Training",
+ICLR 2018 (arXiv:1712.01887): Algorithm 1 / Eqs. (4)-(7) (momentum correction
+and local accumulation), Section 3.2 (local gradient clipping by
+:math:`N^{-1/2}`), Section 3.3 (momentum factor masking, warm-up training) and
+the sampled top-k threshold of Section 5 / the authors' implementation notes.
+
+The pieces (all plain functions on pytrees, per worker):
+
+* :func:`clip_local_gradient` - global-norm clipping with the threshold scaled by
+  :math:`n^{-1/2}` (Section 3.2);
+* :func:`accumulate` - momentum correction + local accumulation, plain or Nesterov;
+* :func:`select_topk` - static-size top-k selection of one flat tensor, either by the
+  sampled-threshold estimate (default) or exactly with ``lax.top_k``;
+* :func:`exchange` - all-gather of every worker's (values, indices) over the worker
+  axis with :func:`lgrad.distributed.comm.all_gather_sparse`, scatter-add, divide by
+  n (index bytes are counted);
+* :func:`warmup_density` / :func:`warmup_phases` - the warm-up density schedule
+  (the paper's by default, the authors' code schedule as an option);
+
+and :func:`scale_by_dgc` / :func:`dgc`, the optax transforms that chain them.
+
+Static shapes: the number of values a leaf sends is a Python integer fixed by
+``density`` and the leaf's size, so a changing density (warm-up) means a new
+transform per phase. The state does not depend on the density, so one state
+flows through all phases (see :func:`warmup_phases` and the ``dgc-compression``
+experiment).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from lgrad._validation import check_in_interval, check_learning_rate, check_positive, is_concrete_number
+from lgrad.distributed import comm
+
+__all__ = [
+    "SparseMessage",
+    "DGCState",
+    "LocalStep",
+    "clip_local_gradient",
+    "accumulate",
+    "select_topk",
+    "leaf_budget",
+    "local_step",
+    "exchange",
+    "warmup_density",
+    "warmup_phases",
+    "scale_by_dgc",
+    "dgc",
+]
+
+_THRESHOLDS = ("sampled", "exact")
+_SCHEDULES = ("paper", "code")
+
+
+# ----------------------------------------------------------------------------- selection
+class SparseMessage(NamedTuple):
+    """What one worker sends for one flat tensor (static size ``capacity``).
+
+    Slots past ``count`` are padding: value 0 and index == tensor size (dropped by
+    every scatter)."""
+
+    values: jax.Array  # (capacity,)
+    indices: jax.Array  # (capacity,) int32
+    count: jax.Array  # int32: number of real entries sent
+    estimated: jax.Array  # int32: entries over the threshold after the refinement loop
+
+
+def leaf_budget(size: int, density: float, *, max_send_factor: float = 1.3, threshold: str = "sampled") -> tuple[int, int]:
+    """``(k, capacity)`` for a tensor of ``size`` elements: ``k = round(density * size)``
+    and the static message size (``ceil(max_send_factor * k)`` for the sampled
+    threshold, ``k`` for the exact one). Raises ``ValueError`` when k rounds to 0."""
+    k = int(round(float(density) * int(size)))
+    if k == 0:
+        raise ValueError(
+            f"density={density!r} gives k = round(density * {size}) = 0 selected entries for a tensor of "
+            f"{size} elements; raise density or set min_compress_size > {size} to send such tensors dense"
+        )
+    k = min(k, int(size))
+    if threshold == "exact":
+        return k, k
+    return k, min(int(size), int(math.ceil(max_send_factor * k)))
+
+
+def select_topk(
+    x: jax.Array,
+    k: int,
+    *,
+    threshold: str = "sampled",
+    key: jax.Array | None = None,
+    sample_fraction: float = 0.01,
+    min_samples: int = 1000,
+    max_send_factor: float = 1.3,
+    low_factor: float = 0.8,
+    max_tries: int = 10,
+) -> SparseMessage:
+    r"""Select about the ``k`` largest-magnitude entries of a flat tensor ``x``.
+
+    ``threshold="exact"``: ``lax.top_k(|x|, k)``; exactly k entries are sent.
+
+    ``threshold="sampled"`` (Lin et al. 2018, Section 5; PAPERS.md B2): draw
+    :math:`s = \max(\lceil \text{sample\_fraction}\cdot N\rceil, \min(N,
+    \text{min\_samples}))` entries uniformly (with replacement), take as threshold the
+    :math:`\lceil s\,k/N\rceil`-th largest sampled magnitude, then refine: while fewer
+    than ``low_factor * k`` entries pass, lower the threshold by ``low_factor`` (at
+    most ``max_tries`` times); if more than ``max_send_factor * k`` pass, send the
+    exact top-k among them (a ``lax.cond`` branch: under a *vmapped* worker axis both
+    branches run). Otherwise every entry over the threshold is sent. The message has
+    the static size ``ceil(max_send_factor * k)``.
+    """
+    if threshold not in _THRESHOLDS:
+        raise ValueError(f"threshold must be one of {_THRESHOLDS}, got {threshold!r}")
+    x = jnp.ravel(x)
+    n = x.shape[0]
+    mag = jnp.abs(x)
+    if threshold == "exact":
+        _, idx = jax.lax.top_k(mag, k)
+        idx = idx.astype(jnp.int32)
+        kk = jnp.asarray(k, jnp.int32)
+        return SparseMessage(x[idx], idx, kk, kk)
+    _, cap = leaf_budget(n, k / n, max_send_factor=max_send_factor, threshold="sampled")
+    cap = max(cap, k)
+    if key is None:
+        key = jax.random.PRNGKey(0)
+    s = min(max(int(math.ceil(sample_fraction * n)), min(n, min_samples)), n)
+    r = min(s, max(1, int(math.ceil(s * k / n))))
+    sample = mag[jax.random.randint(key, (s,), 0, n)]
+    thr0 = jax.lax.top_k(sample, r)[0][-1]
+    lo = int(math.ceil(low_factor * k))
+
+    def count_over(t):
+        return jnp.sum(mag >= t, dtype=jnp.int32)
+
+    def cond(c):
+        t, cnt, tries = c
+        return (cnt < lo) & (tries < max_tries)
+
+    def body(c):
+        t, _, tries = c
+        t = t * low_factor
+        return t, count_over(t), tries + 1
+
+    thr, cnt, _ = jax.lax.while_loop(cond, body, (thr0, count_over(thr0), jnp.zeros([], jnp.int32)))
+
+    def by_threshold(_):
+        (idx,) = jnp.nonzero(mag >= thr, size=cap, fill_value=n)
+        return idx.astype(jnp.int32), cnt
+
+    def exact_among(_):
+        # More than cap pass the threshold: they are the largest, so the exact top-k of
+        # the whole tensor is the top-k among them.
+        _, idx = jax.lax.top_k(mag, k)
+        idx = jnp.concatenate([idx.astype(jnp.int32), jnp.full((cap - k,), n, jnp.int32)])
+        return idx, jnp.asarray(k, jnp.int32)
+
+    idx, sent = jax.lax.cond(cnt > cap, exact_among, by_threshold, None)
+    vals = jnp.take(x, idx, mode="fill", fill_value=0)
+    return SparseMessage(vals, idx, sent, cnt)
+
+
+# ----------------------------------------------------------------------------- local pieces
+def clip_local_gradient(grads: Any, max_norm: float, num_workers: int | jax.Array = 1) -> Any:
+    r"""Clip a worker's gradient to global norm :math:`\text{max\_norm}\cdot n^{-1/2}`
+    (Lin et al. 2018, Section 3.2): :math:`g \leftarrow g\,\min(1, c\,n^{-1/2}/\|g\|)`."""
+    norm = optax.global_norm(grads)
+    limit = max_norm / jnp.sqrt(jnp.asarray(num_workers, jnp.float32))
+    scale = jnp.minimum(1.0, limit / jnp.maximum(norm, 1e-30))
+    return jax.tree.map(lambda g: (g * scale.astype(g.dtype)).astype(g.dtype), grads)
+
+
+def accumulate(grads: Any, u: Any, v: Any, momentum: float, *, nesterov: bool = False) -> tuple[Any, Any]:
+    r"""Momentum correction and local accumulation (Lin et al. 2018, Eqs. 6-7).
+
+    .. math::
+
+        \text{plain:}\quad u \leftarrow m u + g,\quad v \leftarrow v + u; \qquad
+        \text{Nesterov:}\quad u \leftarrow m (u + g),\quad v \leftarrow v + u + g.
+
+    Returns the new ``(u, v)``."""
+    if nesterov:
+        u = jax.tree.map(lambda uu, g: momentum * (uu + g), u, grads)
+        v = jax.tree.map(lambda vv, uu, g: vv + uu + g, v, u, grads)
+    else:
+        u = jax.tree.map(lambda uu, g: momentum * uu + g, u, grads)
+        v = jax.tree.map(lambda vv, uu: vv + uu, v, u)
+    return u, v
+
+
+class LocalStep(NamedTuple):
+    """Everything one worker's DGC step produces (before the exchange)."""
+
+    u: Any  # momentum after masking
+    v: Any  # residual (accumulation after masking)
+    accumulated: Any  # v before masking (= sent + residual)
+    messages: tuple  # one SparseMessage per compressed leaf (None for dense leaves)
+    dense: tuple  # one flat array per dense leaf (None for compressed leaves)
+
+
+def _plan(params: Any, density: float, min_compress_size: int, threshold: str, max_send_factor: float):
+    """Per leaf: None (sent dense) or (k, capacity)."""
+    plan = []
+    for leaf in jax.tree.leaves(params):
+        size = int(np.prod(np.shape(leaf), dtype=np.int64))
+        if size < min_compress_size or float(density) >= 1.0:
+            plan.append(None if size < min_compress_size else (size, size))
+        else:
+            plan.append(leaf_budget(size, density, max_send_factor=max_send_factor, threshold=threshold))
+    return plan
+
+
+def local_step(
+    grads: Any,
+    u: Any,
+    v: Any,
+    *,
+    density: float,
+    momentum: float = 0.9,
+    nesterov: bool = False,
+    momentum_masking: bool = True,
+    threshold: str = "sampled",
+    sample_fraction: float = 0.01,
+    max_send_factor: float = 1.3,
+    min_compress_size: int = 0,
+    key: jax.Array | None = None,
+) -> LocalStep:
+    """One worker's DGC step without the exchange: accumulate, select per leaf, mask.
+
+    Leaves smaller than ``min_compress_size`` are not compressed (their accumulated
+    value is sent dense and their residual reset). With ``density == 1`` every entry
+    is sent.
+    """
+    u, acc = accumulate(grads, u, v, momentum, nesterov=nesterov)
+    leaves, treedef = jax.tree.flatten(acc)
+    u_leaves = treedef.flatten_up_to(u)
+    plan = _plan(acc, density, min_compress_size, threshold, max_send_factor)
+    if key is None:
+        key = jax.random.PRNGKey(0)
+    msgs, dense, new_u, new_v = [], [], [], []
+    for i, (leaf, ul, budget) in enumerate(zip(leaves, u_leaves, plan)):
+        flat = jnp.ravel(leaf)
+        if budget is None:
+            msgs.append(None)
+            dense.append(flat)
+            new_v.append(jnp.zeros_like(leaf))
+            new_u.append(jnp.zeros_like(ul) if momentum_masking else ul)
+            continue
+        k, cap = budget
+        if k >= flat.shape[0]:
+            idx = jnp.arange(flat.shape[0], dtype=jnp.int32)
+            kk = jnp.asarray(k, jnp.int32)
+            msg = SparseMessage(flat, idx, kk, kk)
+        else:
+            msg = select_topk(
+                flat, k, threshold=threshold, key=jax.random.fold_in(key, i),
+                sample_fraction=sample_fraction, max_send_factor=max_send_factor,
+            )
+        sent = jnp.zeros(flat.shape, jnp.bool_).at[msg.indices].set(True, mode="drop")
+        keep = (~sent).astype(leaf.dtype).reshape(leaf.shape)
+        msgs.append(msg)
+        dense.append(None)
+        new_v.append(leaf * keep)
+        new_u.append(ul * keep.astype(ul.dtype) if momentum_masking else ul)
+    return LocalStep(
+        u=jax.tree.unflatten(treedef, new_u),
+        v=jax.tree.unflatten(treedef, new_v),
+        accumulated=acc,
+        messages=tuple(msgs),
+        dense=tuple(dense),
+    )
+
+
+def exchange(step: LocalStep, like: Any, *, axis_name: str | None = comm.AXIS) -> Any:
+    r"""Aggregate every worker's message: :math:`\frac1n \sum_w \text{scatter}(values_w, indices_w)`.
+
+    Must run under the worker axis ``axis_name`` (inside
+    :func:`lgrad.distributed.run_workers` / ``make_program``). All compressed leaves
+    travel as *one* :func:`comm.all_gather_sparse` call (values and int32 indices
+    into the concatenated compressed leaves; index bytes counted); dense leaves as
+    one :func:`comm.pmean`. ``axis_name=None``: a single worker (no communication;
+    the local sent tensor is returned). Returns a pytree shaped like ``like``.
+    """
+    leaves, treedef = jax.tree.flatten(like)
+    sizes = [int(np.prod(np.shape(x), dtype=np.int64)) for x in leaves]
+    comp = [i for i, m in enumerate(step.messages) if m is not None]
+    dens = [i for i, m in enumerate(step.messages) if m is None]
+    out: list[Any] = [None] * len(leaves)
+    ct = jnp.promote_types(jnp.result_type(*leaves), jnp.float32) if leaves else jnp.float32
+    if comp:
+        offsets = np.cumsum([0] + [sizes[i] for i in comp])
+        total = int(offsets[-1])
+        vals = jnp.concatenate([step.messages[i].values.astype(ct) for i in comp])
+        idx = jnp.concatenate(
+            [jnp.where(step.messages[i].indices < sizes[i], step.messages[i].indices + int(o), total)
+             for i, o in zip(comp, offsets[:-1])]
+        ).astype(jnp.int32)
+        if axis_name is None:
+            flat = jnp.zeros((total,), ct).at[idx].add(vals, mode="drop")
+        else:
+            g_vals, g_idx = comm.all_gather_sparse(vals, idx, axis_name)
+            n = comm.axis_size(axis_name)
+            flat = jnp.zeros((total,), ct).at[jnp.ravel(g_idx)].add(jnp.ravel(g_vals), mode="drop") / n
+        for i, o in zip(comp, offsets[:-1]):
+            out[i] = flat[int(o): int(o) + sizes[i]].reshape(np.shape(leaves[i])).astype(leaves[i].dtype)
+    if dens:
+        cat = jnp.concatenate([step.dense[i].astype(ct) for i in dens])
+        if axis_name is not None:
+            cat = comm.pmean(cat, axis_name)
+        offs = np.cumsum([0] + [sizes[i] for i in dens])
+        for i, o in zip(dens, offs[:-1]):
+            out[i] = cat[int(o): int(o) + sizes[i]].reshape(np.shape(leaves[i])).astype(leaves[i].dtype)
+    return jax.tree.unflatten(treedef, out)
+
+
+# ----------------------------------------------------------------------------- warm-up
+def warmup_density(epoch: int, *, final_density: float = 0.001, schedule: str = "paper", warmup_epochs: int = 5) -> float:
+    r"""Density (fraction sent) in epoch ``epoch`` (0-based) of the warm-up.
+
+    ``"paper"`` (Lin et al. 2018, Section 3.3): sparsity 75%, 93.75%, 98.4%, 99.6%,
+    99.9%, i.e. :math:`\max(0.25^{e+1}, c)` (``warmup_epochs`` unused).
+    ``"code"`` (the authors' released code): :math:`\max(c^{(e+1)/(W+1)}, c)` with
+    :math:`W` = ``warmup_epochs``.
+    """
+    check_in_interval(final_density, "final_density", 0.0, 1.0, low_closed=False, high_closed=True)
+    if schedule not in _SCHEDULES:
+        raise ValueError(f"schedule must be one of {_SCHEDULES}, got {schedule!r}")
+    if schedule == "paper":
+        return float(max(0.25 ** (epoch + 1), final_density))
+    return float(max(final_density ** ((epoch + 1) / (warmup_epochs + 1)), final_density))
+
+
+def warmup_phases(
+    total_steps: int, steps_per_epoch: int, *, final_density: float = 0.001, schedule: str = "paper", warmup_epochs: int = 5
+) -> list[tuple[int, float]]:
+    """``[(n_steps, density), ...]`` covering ``total_steps``: one phase per warm-up
+    epoch while the density still changes, then one final phase."""
+    phases: list[tuple[int, float]] = []
+    done, e = 0, 0
+    while done < total_steps:
+        d = warmup_density(e, final_density=final_density, schedule=schedule, warmup_epochs=warmup_epochs)
+        n = steps_per_epoch if d > final_density else total_steps - done
+        n = min(n, total_steps - done)
+        if phases and phases[-1][1] == d:
+            phases[-1] = (phases[-1][0] + n, d)
+        else:
+            phases.append((n, d))
+        done += n
+        e += 1
+    return phases
+
+
+# ----------------------------------------------------------------------------- optax transforms
+class DGCState(NamedTuple):
+    """Per-worker state of :func:`scale_by_dgc` (independent of the density)."""
+
+    count: chex.Array  # int32 steps taken
+    momentum: optax.Updates  # u
+    residual: optax.Updates  # v (the local accumulation not yet sent)
+    sent: chex.Array  # int32 (num_leaves,): entries sent per leaf at the last step
+    estimated: chex.Array  # int32 (num_leaves,): entries over the threshold at the last step
+
+
+def _check(density, momentum, clip_norm, sample_fraction, max_send_factor, threshold):
+    if not is_concrete_number(density):
+        raise ValueError(
+            "density must be a concrete Python number (it fixes static message sizes); "
+            "with optax.inject_hyperparams pass static_args=('density',)"
+        )
+    check_in_interval(density, "density", 0.0, 1.0, low_closed=False, high_closed=True)
+    check_in_interval(momentum, "momentum", 0.0, 1.0)
+    if clip_norm is not None:
+        check_positive(clip_norm, "clip_norm")
+    check_in_interval(sample_fraction, "sample_fraction", 0.0, 1.0, low_closed=False, high_closed=True)
+    if is_concrete_number(max_send_factor) and float(max_send_factor) < 1.0:
+        raise ValueError(f"max_send_factor must be >= 1, got {max_send_factor!r}")
+    if threshold not in _THRESHOLDS:
+        raise ValueError(f"threshold must be one of {_THRESHOLDS}, got {threshold!r}")
+
+
+def scale_by_dgc(
+    density: float = 0.001,
+    *,
+    momentum: float = 0.9,
+    nesterov: bool = False,
+    momentum_masking: bool = True,
+    clip_norm: float | None = None,
+    threshold: str = "sampled",
+    sample_fraction: float = 0.01,
+    max_send_factor: float = 1.3,
+    min_compress_size: int = 0,
+    seed: int = 0,
+    axis_name: str | None = comm.AXIS,
+) -> optax.GradientTransformation:
+    r"""DGC's per-worker rule plus the exchange; returns the aggregated (positive) update.
+
+    Per worker :math:`w`, per leaf (Lin et al. 2018, Algorithm 1 with Eqs. 6-7):
+
+    .. math::
+
+        g &\leftarrow g\,\min\!\big(1, c\,n^{-1/2}/\|g\|\big) \quad(\text{if clip\_norm}=c), \\
+        u &\leftarrow m u + g, \qquad v \leftarrow v + u
+           \qquad(\text{Nesterov: } u \leftarrow m(u+g),\ v \leftarrow v + u + g), \\
+        S_w &= \text{top-}k(|v|) \ (\text{sampled threshold}), \qquad
+        u_{S_w}, v_{S_w} \leftarrow 0 \ (\text{momentum factor masking}), \\
+        G &= \tfrac1n \textstyle\sum_w \text{scatter}(v_{S_w}, S_w).
+
+    ``G`` is returned; chain with ``optax.scale_by_learning_rate`` (see :func:`dgc`).
+
+    **The update must run under the worker axis** ``axis_name`` (default
+    ``"workers"``): inside :func:`lgrad.distributed.run_workers` or a program made by
+    :func:`lgrad.distributed.make_program`, each worker holding its own state (the
+    residual stays local). ``axis_name=None`` gives the single-worker rule (no
+    exchange: ``G`` is the worker's own sent tensor).
+
+    Args:
+      density: fraction of each leaf's entries sent, in (0, 1]; must be a concrete
+        number (it fixes static shapes). ``round(density * size) == 0`` for a
+        compressed leaf raises ``ValueError`` at ``init``.
+      momentum: :math:`m \in [0, 1)`.
+      nesterov: Nesterov momentum correction.
+      momentum_masking: zero :math:`u` at sent entries (Section 3.3).
+      clip_norm: local gradient clipping threshold before the :math:`n^{-1/2}` scale.
+      threshold: ``"sampled"`` (default) or ``"exact"`` (``lax.top_k``).
+      sample_fraction: fraction of entries sampled for the threshold estimate.
+      max_send_factor: the refinement's upper bound (1.3): message capacity
+        ``ceil(1.3 k)`` values + int32 indices.
+      min_compress_size: leaves with fewer entries are sent dense (with ``pmean``).
+      seed: seeds the threshold sampling (folded with the step and the worker index).
+      axis_name: the worker axis, or None for a single worker.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax
+      >>> from lgrad.distributed import run_workers
+      >>> from lgrad.optim import dgc
+      >>> tx = dgc(0.1, density=0.25)
+      >>> params = {"w": jnp.ones((4, 8))}
+      >>> state = jax.vmap(tx.init)(jax.tree.map(lambda p: jnp.stack([p] * 2), params))
+      >>> grads = {"w": jnp.arange(64.0).reshape(2, 4, 8)}
+      >>> upd, state = run_workers(tx.update, grads, state, n_workers=2)
+      >>> upd["w"].shape  # one (identical) aggregated update per worker
+      (2, 4, 8)
+    """
+    _check(density, momentum, clip_norm, sample_fraction, max_send_factor, threshold)
+    if not isinstance(min_compress_size, (int, np.integer)) or min_compress_size < 0:
+        raise ValueError(f"min_compress_size must be an integer >= 0, got {min_compress_size!r}")
+
+    def init_fn(params):
+        _plan(params, density, min_compress_size, threshold, max_send_factor)  # validates k > 0
+        zeros = lambda: jax.tree.map(jnp.zeros_like, params)  # noqa: E731
+        n_leaves = len(jax.tree.leaves(params))
+        return DGCState(
+            count=jnp.zeros([], jnp.int32),
+            momentum=zeros(),
+            residual=zeros(),
+            sent=jnp.zeros((n_leaves,), jnp.int32),
+            estimated=jnp.zeros((n_leaves,), jnp.int32),
+        )
+
+    def update_fn(updates, state, params=None):
+        del params
+        grads = updates
+        if clip_norm is not None:
+            n = 1 if axis_name is None else comm.axis_size(axis_name)
+            grads = clip_local_gradient(grads, clip_norm, n)
+        key = jax.random.fold_in(jax.random.PRNGKey(seed), state.count)
+        if axis_name is not None:
+            key = jax.random.fold_in(key, comm.axis_index(axis_name))
+        step = local_step(
+            grads, state.momentum, state.residual, density=density, momentum=momentum, nesterov=nesterov,
+            momentum_masking=momentum_masking, threshold=threshold, sample_fraction=sample_fraction,
+            max_send_factor=max_send_factor, min_compress_size=min_compress_size, key=key,
+        )
+        agg = exchange(step, updates, axis_name=axis_name)
+        sizes = [int(np.prod(np.shape(x), dtype=np.int64)) for x in jax.tree.leaves(updates)]
+        sent = jnp.stack([m.count if m is not None else jnp.asarray(s, jnp.int32) for m, s in zip(step.messages, sizes)])
+        est = jnp.stack([m.estimated if m is not None else jnp.asarray(s, jnp.int32) for m, s in zip(step.messages, sizes)])
+        return agg, DGCState(optax.safe_increment(state.count), step.u, step.v, sent, est)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def dgc(
+    learning_rate: optax.ScalarOrSchedule,
+    density: float = 0.001,
+    **kwargs: Any,
+) -> optax.GradientTransformation:
+    r"""DGC distributed momentum SGD: :func:`scale_by_dgc` then :math:`-\eta`.
+
+    .. math::  \theta \leftarrow \theta - \eta\, G_t
+
+    with :math:`G_t` the aggregated sparse update of :func:`scale_by_dgc` (the
+    momentum lives in the accumulation, Lin et al. 2018 Eq. 7). Keyword arguments go
+    to :func:`scale_by_dgc`. The update must run under the ``"workers"`` axis unless
+    ``axis_name=None``.
+
+    Example:
+      >>> import jax.numpy as jnp, optax
+      >>> from lgrad.optim import dgc
+      >>> tx = dgc(0.1, density=0.5, axis_name=None)   # single worker, no exchange
+      >>> state = tx.init({"w": jnp.zeros(4)})
+      >>> upd, state = tx.update({"w": jnp.array([1.0, -3.0, 0.5, 2.0])}, state)
+      >>> upd["w"]
+      Array([-0. ,  0.3, -0. , -0.2], dtype=float32)
+    """
+    check_learning_rate(learning_rate)
+    return optax.chain(scale_by_dgc(density, **kwargs), optax.scale_by_learning_rate(learning_rate))

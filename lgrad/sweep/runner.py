@@ -1,0 +1,344 @@
+"""``run_sweep``: every cell of a sweep over one experiment, one table of results.
+
+Two paths:
+
+* **Batched** — an experiment opts in by defining, in its module,
+
+  ``SWEEPABLE``  the numeric config keys that may be traced (optimizer
+                 hyperparameters through ``optax.inject_hyperparams``, start points...);
+  ``train_cell(static_config, hparams, key) -> dict of scalar metrics``
+                 a pure, jax-traceable function: ``static_config`` holds every other
+                 key as a Python value (shapes, step counts, control flow),
+                 ``hparams`` the ``SWEEPABLE`` keys as scalar arrays, ``key`` is
+                 ``PRNGKey(config["seed"])``;
+
+  and optionally ``SWEEP_METRIC = (name, "min"|"max")`` (the best-configuration
+  criterion), ``SWEEP_X64 = True`` (trace under ``jax.enable_x64``) and
+  ``sweep_claims(config, metrics) -> list[Claim]``. Cells whose non-sweepable keys
+  agree form one group: one compiled program, run by
+  :func:`lgrad.sweep.batched.run_cells` (vmap over the group, sharded over the local
+  devices, or sequential, chosen by calibration or forced).
+* **Sequential fallback** — any other experiment: each cell is a full
+  :func:`lgrad.engine.run_experiment` into ``sweep/runs/<cell id>/``; its metrics are
+  the numeric claim measurements (``claim:<id>``) and ``claims_passed``.
+
+Under ``jax.distributed`` each process runs its slice of the cells
+(:func:`process_slice`); finished cells are written to ``sweep/cells/<id>.json`` as
+they complete, so ``resume=True`` skips them after a kill. Process 0 writes
+``sweep.csv``, ``sweep.jsonl``, ``best.json`` and (for a 2-D grid) ``heatmap.png``.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from lgrad.engine.claims import Claim, to_jsonable
+from lgrad.engine.config import ConfigError, apply_overrides
+from lgrad.engine.registry import get
+from lgrad.engine.runner import check_writable
+from lgrad.sweep.batched import STRATEGIES, run_cells
+from lgrad.sweep.report import best_summary, format_best, write_heatmap, write_tables
+from lgrad.sweep.spec import Cell, SweepSpec, process_slice
+
+__all__ = ["SweepProtocol", "SweepResult", "protocol_of", "prepare_sweep", "run_sweep"]
+
+SWEEP_FILE = "sweep.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepProtocol:
+    """An experiment's opt-in to batched sweeps (see the module docstring)."""
+
+    train_cell: Callable[..., Any]
+    sweepable: tuple[str, ...]
+    metric: tuple[str, str] | None
+    x64: bool
+    claims: Callable[..., list[Claim]] | None
+
+    def split(self, config: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(static config, traced hparams) of one cell's config."""
+        hp = {k: config[k] for k in self.sweepable}
+        static = {k: v for k, v in config.items() if k not in self.sweepable and k != "seed"}
+        return static, hp
+
+
+def protocol_of(module: Any, base: Mapping[str, Any] | None = None) -> SweepProtocol | None:
+    """The module's :class:`SweepProtocol`, or None if it does not opt in."""
+    fn = getattr(module, "train_cell", None)
+    if fn is None:
+        return None
+    sweepable = tuple(getattr(module, "SWEEPABLE", ()))
+    if base is not None:
+        for k in sweepable:
+            v = base.get(k)
+            if k not in base or isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise TypeError(f"{module.__name__}: SWEEPABLE key {k!r} must be a numeric config key")
+    metric = getattr(module, "SWEEP_METRIC", None)
+    return SweepProtocol(fn, sweepable, tuple(metric) if metric else None, bool(getattr(module, "SWEEP_X64", False)), getattr(module, "sweep_claims", None))
+
+
+@dataclasses.dataclass
+class SweepResult:
+    name: str
+    out_dir: Path
+    records: list[dict[str, Any]]
+    best: dict[str, Any] | None
+    groups: list[dict[str, Any]]
+    runtime_s: float
+    skipped: int
+
+
+@dataclasses.dataclass
+class _Plan:
+    exp: Any
+    mode: str
+    base: dict[str, Any]
+    spec: SweepSpec
+    cells: list[Cell]
+    proto: SweepProtocol | None
+    metric: tuple[str, str]
+    out_dir: Path
+    fingerprint: dict[str, Any]
+
+
+def _fingerprint(name: str, mode: str, base: Mapping[str, Any], spec: SweepSpec) -> dict[str, Any]:
+    return json.loads(json.dumps({"experiment": name, "mode": mode, "base": dict(base), "spec": spec.to_dict()}, sort_keys=True, default=str))
+
+
+def prepare_sweep(
+    name: str,
+    spec: SweepSpec,
+    *,
+    mode: str = "quick",
+    sets: Mapping[str, Any] | None = None,
+    out: str | os.PathLike = "results",
+    strategy: str = "auto",
+    batch_size: int | None = None,
+    metric: str | None = None,
+    maximize: bool | None = None,
+    resume: bool = False,
+    check_out: bool = True,
+) -> _Plan:
+    """Validate a sweep request completely, before computing anything.
+
+    Raises ``UnknownExperiment``, ``ConfigError`` (one-line reasons: unknown key,
+    empty grid, wrong type, bad strategy/metric, a resume folder from another
+    sweep) or ``PermissionError``.
+    """
+    from lgrad.checkpoint import fingerprint_diff
+
+    exp = get(name)
+    base = apply_overrides(exp.config(mode), sets)
+    cells = spec.cells(base)
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
+    if batch_size is not None and batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    proto = protocol_of(exp.module, base)
+    if proto is None and strategy == "vmap":
+        raise ConfigError(f"experiment {exp.name!r} does not define train_cell/SWEEPABLE, so it can only be swept sequentially (--strategy sequential)")
+    default = proto.metric if proto is not None and proto.metric else ("claims_passed", "max")
+    direction = default[1] if maximize is None else ("max" if maximize else "min")
+    if direction not in ("min", "max"):
+        raise ConfigError(f"SWEEP_METRIC direction must be 'min' or 'max', got {direction!r}")
+    metric_name = metric or default[0]
+    if proto is not None:
+        names = _metric_names(proto, cells[0].config)
+        names |= {"claims_passed"} if proto.claims is not None else set()
+        if metric_name not in names:
+            raise ConfigError(f"--metric {metric_name!r} is not among {exp.name}'s cell metrics: {', '.join(sorted(names))}")
+    elif not (metric_name == "claims_passed" or metric_name.startswith("claim:")):
+        raise ConfigError(f"--metric for {exp.name!r} (swept by full runs) must be claims_passed or claim:<claim id>, got {metric_name!r}")
+    if check_out:
+        root = check_writable(out)
+        out_dir = check_writable(root / exp.name) / "sweep"
+    else:
+        out_dir = Path(out) / exp.name / "sweep"
+    fp = _fingerprint(exp.name, mode, base, spec)
+    stored_file = out_dir / SWEEP_FILE
+    if resume and stored_file.exists():
+        try:
+            stored = json.loads(stored_file.read_text())
+        except (OSError, json.JSONDecodeError):
+            raise ConfigError(f"resume directory {out_dir} has an unreadable {SWEEP_FILE}") from None
+        diff = fingerprint_diff(stored.get("fingerprint", {}), fp)
+        if diff:
+            raise ConfigError(f"resume directory {out_dir} is from a different sweep ({diff})")
+    return _Plan(exp, mode, base, spec, cells, proto, (metric_name, direction), out_dir, fp)
+
+
+def _metric_names(proto: SweepProtocol, config: Mapping[str, Any]) -> set[str]:
+    import jax
+
+    static, hp = proto.split(config)
+    with jax.enable_x64(True) if proto.x64 else contextlib.nullcontext():
+        shapes = jax.eval_shape(lambda h, k: proto.train_cell(static, h, k), {k: jax.numpy.asarray(v) for k, v in hp.items()}, jax.random.PRNGKey(0))
+    return set(shapes)
+
+
+def _claims_record(claims: list[Claim]) -> dict[str, Any]:
+    return {c.id: {"passed": c.passed, "measured": to_jsonable(c.measured), "target": c.target} for c in claims}
+
+
+def _claim_metrics(claims: list[Claim]) -> dict[str, Any]:
+    m: dict[str, Any] = {"claims_passed": sum(c.passed is True for c in claims), "claims_failed": sum(c.passed is False for c in claims)}
+    for c in claims:
+        v = c.measured
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v)):
+            m[f"claim:{c.id}"] = float(v)
+    return m
+
+
+def run_sweep(
+    name: str,
+    spec: SweepSpec,
+    *,
+    mode: str = "quick",
+    sets: Mapping[str, Any] | None = None,
+    out: str | os.PathLike = "results",
+    strategy: str = "auto",
+    batch_size: int | None = None,
+    metric: str | None = None,
+    maximize: bool | None = None,
+    resume: bool = False,
+    checkpoint_every: int = 0,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    show_progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> SweepResult:
+    """Run the sweep ``spec`` over experiment ``name``; write ``<out>/<name>/sweep/``.
+
+    ``resume`` skips cells already finished in that folder (refusing a folder written
+    by a different sweep); ``checkpoint_every`` is passed to the full runs of the
+    sequential fallback so a killed cell also resumes mid-run. ``process_index`` /
+    ``process_count`` default to ``jax.process_index()`` / ``jax.process_count()``.
+    """
+    import jax
+
+    say = log or (lambda s: print(s, file=sys.stderr, flush=True))
+    plan = prepare_sweep(name, spec, mode=mode, sets=sets, out=out, strategy=strategy, batch_size=batch_size, metric=metric, maximize=maximize, resume=resume)
+    pi = jax.process_index() if process_index is None else process_index
+    pc = jax.process_count() if process_count is None else process_count
+    out_dir = plan.out_dir
+    cells_dir = out_dir / "cells"
+    if not resume and pi == 0:
+        for sub in ("cells", "runs"):
+            shutil.rmtree(out_dir / sub, ignore_errors=True)
+        for f in ("sweep.csv", "sweep.jsonl", "best.json", "heatmap.png"):
+            (out_dir / f).unlink(missing_ok=True)
+    cells_dir.mkdir(parents=True, exist_ok=True)
+    if pi == 0:
+        (out_dir / SWEEP_FILE).write_text(json.dumps({"fingerprint": plan.fingerprint}, indent=1) + "\n")
+    start = time.perf_counter()
+    mine = process_slice(plan.cells, pi, pc)
+    done_ids = {p.stem for p in cells_dir.glob("*.json")} if resume else set()
+    todo = [c for c in mine if c.id not in done_ids]
+    skipped = len(mine) - len(todo)
+    if skipped:
+        say(f"resuming: {skipped} of {len(mine)} cells already finished")
+    groups: list[dict[str, Any]] = []
+
+    def write(cell: Cell, metrics: dict[str, Any], claims: list[Claim], group: int, how: str) -> None:
+        rec = {
+            "cell": cell.id,
+            "index": cell.index,
+            "seed": cell.seed,
+            "overrides": to_jsonable(cell.overrides),
+            "config": to_jsonable(cell.config),
+            "metrics": to_jsonable(metrics),
+            "claims": _claims_record(claims),
+            "group": group,
+            "strategy": how,
+        }
+        tmp = cells_dir / f".{cell.id}.tmp"
+        tmp.write_text(json.dumps(rec) + "\n")
+        tmp.replace(cells_dir / f"{cell.id}.json")
+
+    if plan.proto is not None:
+        _run_batched(plan, todo, write, groups, strategy, batch_size, show_progress, say)
+    else:
+        _run_sequential(plan, todo, write, groups, out_dir, checkpoint_every, resume, show_progress)
+
+    if pc > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("lgrad-sweep-done")
+    records = []
+    for c in plan.cells:
+        f = cells_dir / f"{c.id}.json"
+        if f.exists():
+            records.append(json.loads(f.read_text()))
+    best = None
+    if pi == 0:
+        write_tables(out_dir, records, list(plan.cells[0].overrides) if plan.cells else [])
+        best = best_summary(records, *plan.metric)
+        (out_dir / "best.json").write_text(json.dumps({"groups": groups, **(best or {})}, indent=2, default=str) + "\n")
+        axes = plan.spec.grid_axes
+        if len(axes) == 2 and not plan.spec.random and not plan.spec.configs and records:
+            write_heatmap(out_dir / "heatmap.png", records, axes, *plan.metric, title=f"{plan.exp.name} sweep")
+    return SweepResult(plan.exp.name, out_dir, records, best, groups, time.perf_counter() - start, skipped)
+
+
+def _run_batched(plan: _Plan, todo: list[Cell], write, groups, strategy, batch_size, show_progress, say) -> None:
+    import jax
+
+    proto = plan.proto
+    group_of: dict[str, int] = {}  # group ids over the whole sweep (stable when resuming)
+    for c in plan.cells:
+        group_of.setdefault(json.dumps(proto.split(c.config)[0], sort_keys=True, default=str), len(group_of))
+    by_static: dict[str, list[Cell]] = {}
+    for c in todo:
+        static, _ = proto.split(c.config)
+        by_static.setdefault(json.dumps(static, sort_keys=True, default=str), []).append(c)
+    for key, cells in by_static.items():
+        gi = group_of[key]
+        static = json.loads(key)
+        hps = [proto.split(c.config)[1] for c in cells]
+        seeds = [int(c.seed) if c.seed is not None else 0 for c in cells]
+        bar = None
+        if show_progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(cells), desc=f"{plan.exp.name} sweep group {gi + 1}/{len(group_of)}", leave=False, file=sys.stderr)
+
+        def on_done(idx, metrics, cells=cells, gi=gi, bar=bar):
+            for i, m in zip(idx, metrics):
+                claims = list(proto.claims(cells[i].config, m)) if proto.claims is not None else []
+                if claims:
+                    m = {**m, "claims_passed": sum(c.passed is True for c in claims)}
+                write(cells[i], m, claims, gi, "batched")
+            if bar is not None:
+                bar.update(len(idx))
+
+        fn = lambda hp, k, static=static: proto.train_cell(static, hp, k)  # noqa: E731
+        with jax.enable_x64(True) if proto.x64 else contextlib.nullcontext():
+            _, info = run_cells(fn, hps, seeds, strategy=strategy, batch_size=batch_size, on_done=on_done)
+        if bar is not None:
+            bar.close()
+        changed = {k: v for k, v in static.items() if plan.base.get(k) != v}
+        groups.append({"group": gi, "cells": len(cells), "static": changed, **info.to_dict()})
+        say(f"group {gi + 1}/{len(group_of)} ({len(cells)} cells{', ' + json.dumps(changed) if changed else ''}): {info.strategy}"
+            + (f", batch {info.batch_size} over {info.devices} device(s)" if info.strategy == "vmap" else "")
+            + f", {info.seconds:.2f} s")
+
+
+def _run_sequential(plan: _Plan, todo: list[Cell], write, groups, out_dir: Path, checkpoint_every: int, resume: bool, show_progress: bool) -> None:
+    from lgrad.engine.runner import run_experiment
+
+    t0 = time.perf_counter()
+    for c in todo:
+        overrides = {k: v for k, v in c.config.items() if plan.base.get(k) != v}
+        overrides = {**{k: c.config[k] for k in plan.base if k in c.overrides}, **overrides}
+        run_dir = out_dir / "runs" / c.id
+        result = run_experiment(plan.exp.name, plan.mode, overrides, run_dir, show_progress=show_progress, checkpoint_every=checkpoint_every, resume=resume and checkpoint_every > 0)
+        write(c, _claim_metrics(result.claims), result.claims, 0, "run_experiment")
+    groups.append({"group": 0, "cells": len(todo), "strategy": "sequential (run_experiment)", "seconds": time.perf_counter() - t0})

@@ -1,0 +1,193 @@
+"""Deep Gradient Compression pieces (lgrad.optim.dgc)."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lgrad.distributed import comm, run_workers
+from lgrad.optim import dgc, scale_by_dgc
+from lgrad.optim.dgc import (
+    accumulate,
+    clip_local_gradient,
+    exchange,
+    leaf_budget,
+    local_step,
+    select_topk,
+    warmup_density,
+    warmup_phases,
+)
+from lgrad.testing.numpy_reference import dgc_reference
+
+N = 20_000
+K = 20
+
+
+@pytest.fixture(scope="module")
+def sampled_select():
+    return jax.jit(lambda x, key: select_topk(x, K, key=key))
+
+
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), heavy=st.booleans())
+def test_sampled_threshold_count_in_range(sampled_select, seed, heavy):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_t(2, size=N) if heavy else rng.normal(size=N)
+    x = jnp.asarray(x, jnp.float32)
+    msg = sampled_select(x, jax.random.PRNGKey(seed))
+    cnt = int(msg.count)
+    assert 0.8 * K <= cnt <= 1.3 * K
+    idx = np.asarray(msg.indices)[:cnt]
+    assert len(set(idx.tolist())) == cnt
+    np.testing.assert_array_equal(np.asarray(msg.values)[:cnt], np.asarray(x)[idx])
+    # padding: index == size, value 0
+    assert np.all(np.asarray(msg.indices)[cnt:] == N) and np.all(np.asarray(msg.values)[cnt:] == 0)
+    # whatever was sent is at least as large as everything not sent
+    mag = np.abs(np.asarray(x))
+    rest = np.delete(mag, idx)
+    assert mag[idx].min() >= rest.max()
+
+
+def test_exact_topk_and_fallback():
+    x = jnp.asarray(np.random.default_rng(0).normal(size=5000), jnp.float32)
+    msg = select_topk(x, 7, threshold="exact")
+    want = np.argsort(-np.abs(np.asarray(x)))[:7]
+    assert set(np.asarray(msg.indices).tolist()) == set(want.tolist()) and int(msg.count) == 7
+    # a sample that over-estimates the count (all samples equal) triggers the exact top-k branch
+    y = jnp.concatenate([jnp.ones(4900), jnp.arange(100.0) + 2.0])
+    m2 = select_topk(y, 10, min_samples=10, sample_fraction=0.002)
+    assert int(m2.count) <= 13
+    assert leaf_budget(1000, 0.01) == (10, 13) and leaf_budget(1000, 0.01, threshold="exact") == (10, 10)
+
+
+def test_bookkeeping_identity_and_masking():
+    rng = np.random.default_rng(1)
+    params = {"a": jnp.zeros((50, 40)), "b": jnp.zeros((30,))}
+    u = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
+    v = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
+    g = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
+    st_ = local_step(g, u, v, density=0.05, momentum=0.9, min_compress_size=0)
+    own = exchange(st_, g, axis_name=None)
+    for k in params:
+        np.testing.assert_allclose(own[k] + st_.v[k], st_.accumulated[k], atol=1e-6)
+        sent = np.asarray(own[k]) != 0
+        assert np.all(np.asarray(st_.u[k])[sent] == 0) and np.all(np.asarray(st_.v[k])[sent] == 0)
+    assert int(st_.messages[0].count) >= 0.8 * 100  # leaf "a": k = 100
+    # accumulation formulas
+    u2, v2 = accumulate(g, u, v, 0.9)
+    np.testing.assert_allclose(u2["a"], 0.9 * u["a"] + g["a"], rtol=1e-6)
+    np.testing.assert_allclose(v2["a"], v["a"] + u2["a"], rtol=1e-6)
+    u3, v3 = accumulate(g, u, v, 0.9, nesterov=True)
+    np.testing.assert_allclose(u3["a"], 0.9 * (u["a"] + g["a"]), rtol=1e-6)
+    np.testing.assert_allclose(v3["a"], v["a"] + u3["a"] + g["a"], rtol=1e-6)
+
+
+def test_warmup_schedules():
+    paper = [warmup_density(e) for e in range(6)]
+    np.testing.assert_allclose(paper, [0.25, 0.0625, 0.015625, 0.00390625, 0.001, 0.001])
+    sparsity = [1 - d for d in paper[:5]]
+    np.testing.assert_allclose(sparsity, [0.75, 0.9375, 0.984375, 0.99609375, 0.999], atol=1e-12)
+    code = [warmup_density(e, schedule="code") for e in range(7)]
+    np.testing.assert_allclose(code, [0.001 ** ((e + 1) / 6) for e in range(6)] + [0.001])
+    phases = warmup_phases(100, 10)
+    assert sum(n for n, _ in phases) == 100
+    assert [d for _, d in phases] == [0.25, 0.0625, 0.015625, 0.00390625, 0.001]
+    assert phases[-1] == (60, 0.001)
+
+
+def test_exchange_vmap_equals_mesh_and_counts_bytes():
+    n = 8
+    params = {"w": jnp.zeros((64, 32)), "b": jnp.zeros((5,))}
+    tx = scale_by_dgc(0.02, min_compress_size=10)
+    rng = np.random.default_rng(2)
+    grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=(n,) + p.shape), jnp.float32), params)
+    states = jax.vmap(tx.init)(jax.tree.map(lambda p: jnp.stack([p] * n), params))
+    out = {}
+    for backend in ("vmap", "mesh"):
+        with comm.counting() as sent:
+            out[backend] = run_workers(tx.update, grads, states, n_workers=n, backend=backend)
+        k, cap = leaf_budget(64 * 32, 0.02)
+        assert sent.bytes == cap * 8 + 5 * 4  # values + int32 indices, dense bias via pmean
+    (ua, sa), (ub, sb) = out["vmap"], out["mesh"]
+    for key in params:
+        np.testing.assert_allclose(ua[key], ub[key], rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(sa.residual[key], sb.residual[key], rtol=1e-6, atol=1e-7)
+        # every worker holds the same aggregate
+        assert np.all(np.asarray(ua[key]) == np.asarray(ua[key])[0])
+    # the aggregate is the mean of the workers' own sent tensors (sent = accumulated - residual)
+    own_sent = np.asarray(grads["w"]) - np.asarray(sa.residual["w"])  # u = 0 before, so accumulated = g
+    np.testing.assert_allclose(np.asarray(ua["w"])[0], own_sent.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(ua["b"])[0], np.asarray(grads["b"]).mean(0), rtol=1e-6)
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_single_worker_matches_numpy_reference(nesterov):
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(30, 12)) / np.sqrt(12)
+    b = rng.normal(size=30)
+    with jax.enable_x64(True):
+        tx = dgc(0.1, density=0.25, threshold="exact", nesterov=nesterov, axis_name=None)
+        x = jnp.asarray(rng.normal(size=12))
+        loss = lambda p: 0.5 * jnp.sum((jnp.asarray(a) @ p - jnp.asarray(b)) ** 2)  # noqa: E731
+        state = tx.init(x)
+        upd = jax.jit(tx.update)
+        traj, p = [], x
+        for _ in range(60):
+            u, state = upd(jax.grad(loss)(p), state)
+            p = optax.apply_updates(p, u)
+            traj.append(np.asarray(p))
+    want = dgc_reference(lambda z: a.T @ (a @ z - b), np.asarray(x), 60, learning_rate=0.1, density=0.25,
+                         nesterov=nesterov)
+    np.testing.assert_allclose(np.asarray(traj), want, atol=1e-9)
+
+
+def test_dense_without_masking_is_momentum_sgd():
+    rng = np.random.default_rng(4)
+    g_seq = [jnp.asarray(rng.normal(size=9), jnp.float32) for _ in range(6)]
+    ours = dgc(0.1, density=1.0, momentum=0.9, momentum_masking=False, axis_name=None)
+    ref = optax.sgd(0.1, momentum=0.9)
+    s1, s2 = ours.init(g_seq[0]), ref.init(g_seq[0])
+    for g in g_seq:
+        u1, s1 = ours.update(g, s1)
+        u2, s2 = ref.update(g, s2)
+        np.testing.assert_allclose(u1, u2, rtol=1e-6)
+
+
+def test_local_clipping_scaled_by_sqrt_n():
+    g = {"a": jnp.full((4,), 3.0)}  # norm 6
+    c = clip_local_gradient(g, 4.0, 4)  # limit 4 / 2 = 2
+    np.testing.assert_allclose(optax.global_norm(c), 2.0, rtol=1e-6)
+    same = clip_local_gradient(g, 100.0, 4)
+    np.testing.assert_allclose(same["a"], g["a"])
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"density": 0.0}, {"density": -0.1}, {"density": 1.5}, {"density": float("nan")},
+        {"momentum": 1.0}, {"momentum": -0.1}, {"clip_norm": 0.0}, {"threshold": "approx"},
+        {"sample_fraction": 0.0}, {"max_send_factor": 0.5}, {"min_compress_size": -1},
+    ],
+)
+def test_bad_arguments(bad):
+    (name,) = bad
+    with pytest.raises(ValueError, match=name):
+        scale_by_dgc(**{"density": 0.01, **bad})
+
+
+def test_k_zero_after_rounding_raises_at_init():
+    tx = scale_by_dgc(0.001)
+    with pytest.raises(ValueError, match="density"):
+        tx.init({"b": jnp.zeros((10,))})
+    # sending small leaves dense avoids it
+    scale_by_dgc(0.001, min_compress_size=11).init({"b": jnp.zeros((10,))})
+    with pytest.raises(ValueError, match="learning_rate"):
+        dgc(-1.0)
+    with pytest.raises(ValueError, match="final_density"):
+        warmup_density(0, final_density=0.0)
+    with pytest.raises(ValueError, match="schedule"):
+        warmup_density(0, schedule="linear")
