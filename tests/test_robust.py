@@ -229,7 +229,6 @@ def test_non_finite_rows():
     with pytest.raises(ValueError, match="non-finite"):
         robust.krum(bad, 1)
     # traced: no error, the output is non-finite rather than silently wrong
-    assert not np.all(np.isfinite(jax.jit(lambda v: robust.nna(v, 1, 0))(bad))) or True
     out = jax.jit(lambda v: robust.multi_krum(v, 1))(bad)
     assert not np.all(np.isfinite(out))
     assert not np.all(np.isfinite(jax.jit(robust.mean)(bad)))

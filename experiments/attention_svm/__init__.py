@@ -4,7 +4,8 @@ Paper: D. A. Tarzanagh, Y. Li, C. Thrampoulidis, S. Oymak, "Transformers as Supp
 Vector Machines", arXiv:2308.16898 (2023): Theorems 2-5 and the "local convergence"
 experiment (n=6, T=8, d=10; their Fig. 2-style correlation curves) and the
 over-parameterisation discussion (Section 4, global convergence as d grows).
-Command: ``lgrad run attention-svm --quick`` (``--full`` for 400 seeds and more d).
+Command: ``lgrad run attention-svm --quick`` (100 seeds, the authors' number of runs;
+``--full`` for 400 seeds and more values of d).
 Expected: normalised GD on W aligns with the Frobenius Att-SVM of the tokens it
 selects (mean correlation >= 0.99 at iteration 1000) and GD on (K, Q) with the
 nuclear-norm Att-SVM (>= 0.98 at 1500); each is >= 0.05 less aligned with the other
@@ -19,6 +20,13 @@ and Q normalised separately; lambda = 2.22e-16 on (K, Q)). The SVM tokens are th
 largest-softmax tokens at the last iteration; the correlations are taken at every
 ``eval_every`` iterations against those SVM solutions (cvxpy + Clarabel; the
 Frobenius one is polished to machine precision).
+
+Measured (quick, 100 seeds): corr(W, W_fro) 0.992 at 1000 (median 0.996; a few seeds
+whose selected tokens still change after iteration 1000 pull the mean down: the worst
+is ~0.81; a 20-seed mean depends on the draw: 0.9945 with ``--set seeds=20``, 0.981 for
+another 20-seed draw tried during development), corr(K^T Q, W_nuc)
+0.996 at 1500, cross-norm controls ~0.85; the share of problems whose GD tokens are
+the global ones rises with d (n=6, T=8), see overparam_global.png.
 """
 from __future__ import annotations
 

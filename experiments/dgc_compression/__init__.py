@@ -215,7 +215,7 @@ def run(config: dict[str, Any], ctx: RunContext) -> list[Claim]:
             f"after warm-up DGC at density {cfg['final_density']:g} sends >= 270x fewer bytes per step per worker than dense momentum SGD (values + int32 indices)",
             ratio, 270.0,
             note=f"dense {dense_bytes:.0f} B/step ({n_params} float32 params), DGC {dgc_bytes_final:.0f} B/step "
-                 f"(message capacity ceil(1.3k) per compressed leaf; leaves < {cfg['min_compress_size']} entries sent dense)",
+                 f"(message capacity floor(1.3k) per compressed leaf; leaves < {cfg['min_compress_size']} entries sent dense)",
         ),
         Claim.at_most(
             "accuracy-gap",

@@ -88,7 +88,7 @@ CONFIGS = {
     ),
 }
 SMOKE = dict(
-    datasets=["digits"], models=["mlp"], rules=["backprop", "tpsgd", "man"], cnn_datasets=[], epochs=1,
+    datasets=["digits"], models=["mlp"], rules=["backprop", "tpsgd"], cnn_datasets=[], epochs=1,
     mlp_width=32, mem_batch=64, mem_depths=[2, 3],
 )
 

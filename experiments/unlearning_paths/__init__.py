@@ -22,6 +22,15 @@ stage of inverted images with fictitious labels), the forget stage at each posit
 unlearned for 15 steps with GA, NPO (beta 0.5) and SimNPO (beta 1). Reported (findings): the
 spread of retained-task accuracy across orders after unlearning, the forget score vs p
 (recency), and how far apart the paths' predictions are before vs after unlearning.
+
+Measured (quick, seed 0): all five Part-1 claims pass (closed forms 2.7e-14, lemma 8e-16,
+t0 = 13 (closed-form 16), distance/bound >= 9.1 at every t, slope 0.283 >= 0.224,
+control exactly 0). Part 2: recency shows -- with F last the forget log-prob drops by
+~0.3 nats in 15 steps vs ~1.2-2.2 for p = 1..3 (all three methods), but at this scale the
+retained-accuracy spread across orders (~0.31) is inherited from training (F last costs
+~0.3 of retained accuracy before unlearning); 15 small Adam steps (lr 1e-4) change the
+retained accuracy by <= ~0.05 and do not widen the gap between paths. With lr 1e-3 the
+models collapse (retained accuracy 0.09-0.43) for every order.
 """
 from __future__ import annotations
 
@@ -53,7 +62,7 @@ _CLF = dict(
     clf_batch=64,
     clf_proximal=0.01,
     clf_hidden=128,
-    unlearn_lr=1e-3,
+    unlearn_lr=1e-4,
     unlearn_steps=15,
     clf_positions=[1, 2, 3, 4],
 )
@@ -61,7 +70,7 @@ CONFIGS = {
     "quick": dict(seed=0, **_LIN, lin_T=40, **_CLF, clf_orders_per_position=2),
     "full": dict(seed=0, **_LIN, lin_T=60, **dict(_CLF, clf_stage_steps=400), clf_orders_per_position=6),
 }
-SMOKE = dict(lin_d=20, lin_n_a=6, lin_n_b=6, lin_m=30, lin_k=3, lin_T=12, lin_stage_steps=2000, clf_stage_steps=5, clf_orders_per_position=1, clf_positions=[1, 4], clf_hidden=16, unlearn_steps=3)
+SMOKE = dict(lin_d=20, lin_n_a=6, lin_n_b=6, lin_m=30, lin_k=3, lin_T=12, lin_stage_steps=2000, clf_stage_steps=5, clf_orders_per_position=1, clf_positions=[4], clf_hidden=16, unlearn_steps=3)
 
 
 def run(config: dict[str, Any], ctx: RunContext) -> list[Claim]:
@@ -139,11 +148,13 @@ def _claims(cfg, lin, clf) -> list[Claim]:
             f"forget-vs-position-{m}",
             f"forget score (accuracy on the fictitious labels; mean log-prob) after {m.upper()}, by position p = 1..4 of the forget stage; paper: unlearning is slowest when the forget stage came last",
             {"forget_acc_before_by_p": clf["forget_acc_before_by_p"], "forget_acc_after_by_p": c["forget_acc_by_p"],
-             "forget_logp_after_by_p": c["forget_logp_by_p"],
+             "forget_logp_before_by_p": c["forget_logp_before_by_p"], "forget_logp_after_by_p": c["forget_logp_by_p"],
+             "forget_logp_drop_by_p": c["forget_logp_drop_by_p"],
              "positions": cfg["clf_positions"],
-             "recency_shows": bool(cfg["clf_positions"][int(np.argmax(c["forget_logp_by_p"]))] == max(cfg["clf_positions"]))},
-            note="recency_shows = the mean forget log-prob after unlearning is highest for the last position; it is confounded by how much "
-            "of F later stages already erased (see forget_acc_before_by_p)",
+             "highest_forget_logp_after_at_last_p": bool(cfg["clf_positions"][int(np.argmax(c["forget_logp_by_p"]))] == max(cfg["clf_positions"])),
+             "smallest_logp_drop_at_last_p": bool(cfg["clf_positions"][int(np.argmin(c["forget_logp_drop_by_p"]))] == max(cfg["clf_positions"]))},
+            note="recency would show as the highest forget log-prob after unlearning and the smallest drop (slowest unlearning) for the last "
+            "position; both are confounded by how much of F the later stages had already erased before unlearning (forget_*_before_by_p)",
         ))
         claims.append(Claim.finding(
             f"path-divergence-{m}",

@@ -151,6 +151,8 @@ def run_classifier(cfg: dict[str, Any], ctx) -> dict[str, Any]:
     pair_idx = list(itertools.combinations(range(len(orders)), 2))
 
     def mean_pairwise(probs):
+        if not pair_idx:  # a single path: nothing to compare
+            return float("nan")
         return float(np.mean([float(re_distance(probs[i], probs[j])) for i, j in pair_idx]))
 
     summary["pairwise_re_before"] = mean_pairwise([before[o]["probs"] for o in orders])
@@ -171,6 +173,8 @@ def run_classifier(cfg: dict[str, Any], ctx) -> dict[str, Any]:
             "forget_acc_by_p": [float(facc[ps == p].mean()) for p in cfg["clf_positions"]],
             "forget_logp_by_p": [float(flogp[ps == p].mean()) for p in cfg["clf_positions"]],
             "forget_acc_before_by_p": [float(summary["forget_acc_before"][ps == p].mean()) for p in cfg["clf_positions"]],
+            "forget_logp_before_by_p": [float(summary["forget_logp_before"][ps == p].mean()) for p in cfg["clf_positions"]],
+            "forget_logp_drop_by_p": [float((summary["forget_logp_before"] - flogp)[ps == p].mean()) for p in cfg["clf_positions"]],
             "pairwise_re_after": mean_pairwise([after[o, method]["probs"] for o in orders]),
             "re_to_retrain_after": float(np.mean([float(re_distance(after[o, method]["probs"], retrain_probs[tuple(s for s in o if s != FORGET)])) for o in orders])),
             "traj_forget_acc": np.stack([traj[o, method]["forget_acc"] for o in orders]),

@@ -67,7 +67,7 @@ def blocks_from_nnx(modules: Sequence[Any]) -> list[Block]:
         def apply(p, h, _g=graphdef, _r=rest):
             return nnx.merge(_g, p, _r)(h)
 
-        out.append(Block(apply, params.to_pure_dict(), name=f"{type(m).__name__}[{k}]"))
+        out.append(Block(apply, nnx.to_pure_dict(params), name=f"{type(m).__name__}[{k}]"))
     return out
 
 

@@ -341,15 +341,15 @@ class NNXLocalTrainer:
         @nnx.jit
         def _step(model, optimizer, aux, aux_opt_state, rule_state, x, y):
             def block_params():
-                return [nnx.state(_get(model, p), nnx.Param).to_pure_dict() for p in paths]
+                return [nnx.to_pure_dict(nnx.state(_get(model, p), nnx.Param)) for p in paths]
 
             params = {"blocks": block_params(), "aux": aux}
             g, metrics = learner.grads(params, rule_state, x, y)
-            pure = jax.tree.map(jnp.zeros_like, nnx.state(model, nnx.Param).to_pure_dict())
+            pure = jax.tree.map(jnp.zeros_like, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
             for p, gk in zip(paths, g["blocks"]):
                 _set_pure(pure, p, gk)
             gstate = nnx.state(model, nnx.Param)
-            gstate.replace_by_pure_dict(pure)
+            nnx.replace_by_pure_dict(gstate, pure)
             optimizer.update(model, gstate)
             upd, aux_opt_state = aux_tx.update(g["aux"], aux_opt_state, aux)
             aux = optax.apply_updates(aux, upd)

@@ -77,7 +77,7 @@ class SparseMessage(NamedTuple):
 
 def leaf_budget(size: int, density: float, *, max_send_factor: float = 1.3, threshold: str = "sampled") -> tuple[int, int]:
     """``(k, capacity)`` for a tensor of ``size`` elements: ``k = round(density * size)``
-    and the static message size (``ceil(max_send_factor * k)`` for the sampled
+    and the static message size (``max(k, floor(max_send_factor * k))`` for the sampled
     threshold, ``k`` for the exact one). Raises ``ValueError`` when k rounds to 0."""
     k = int(round(float(density) * int(size)))
     if k == 0:
@@ -88,7 +88,7 @@ def leaf_budget(size: int, density: float, *, max_send_factor: float = 1.3, thre
     k = min(k, int(size))
     if threshold == "exact":
         return k, k
-    return k, min(int(size), int(math.ceil(max_send_factor * k)))
+    return k, min(int(size), max(k, int(math.floor(max_send_factor * k + 1e-9))))
 
 
 def select_topk(
@@ -115,7 +115,7 @@ def select_topk(
     most ``max_tries`` times); if more than ``max_send_factor * k`` pass, send the
     exact top-k among them (a ``lax.cond`` branch: under a *vmapped* worker axis both
     branches run). Otherwise every entry over the threshold is sent. The message has
-    the static size ``ceil(max_send_factor * k)``.
+    the static size ``max(k, floor(max_send_factor * k))``.
     """
     if threshold not in _THRESHOLDS:
         raise ValueError(f"threshold must be one of {_THRESHOLDS}, got {threshold!r}")
@@ -152,8 +152,13 @@ def select_topk(
     thr, cnt, _ = jax.lax.while_loop(cond, body, (thr0, count_over(thr0), jnp.zeros([], jnp.int32)))
 
     def by_threshold(_):
-        (idx,) = jnp.nonzero(mag >= thr, size=cap, fill_value=n)
-        return idx.astype(jnp.int32), cnt
+        # compaction by prefix sum (cheaper than jnp.nonzero(size=...) on XLA:CPU)
+        sel = mag >= thr
+        pos = jnp.cumsum(sel, dtype=jnp.int32) - 1
+        idx = jnp.full((cap,), n, jnp.int32).at[jnp.where(sel, pos, cap)].set(
+            jnp.arange(n, dtype=jnp.int32), mode="drop"
+        )
+        return idx, cnt
 
     def exact_among(_):
         # More than cap pass the threshold: they are the largest, so the exact top-k of
@@ -431,7 +436,7 @@ def scale_by_dgc(
       threshold: ``"sampled"`` (default) or ``"exact"`` (``lax.top_k``).
       sample_fraction: fraction of entries sampled for the threshold estimate.
       max_send_factor: the refinement's upper bound (1.3): message capacity
-        ``ceil(1.3 k)`` values + int32 indices.
+        ``max(k, floor(1.3 k))`` values + int32 indices.
       min_compress_size: leaves with fewer entries are sent dense (with ``pmean``).
       seed: seeds the threshold sampling (folded with the step and the worker index).
       axis_name: the worker axis, or None for a single worker.

@@ -75,6 +75,9 @@ def spsa_projected_gradient(loss_fn: Callable[[Any], jax.Array], params: Any, ke
     r"""The two-point projected gradient :math:`(L(\theta+\epsilon z) - L(\theta-\epsilon z))/(2\epsilon)`
     (MeZO Eq. 1) using two forward passes and no gradient."""
     lp = loss_fn(perturb(params, key, eps))
+    # Sequence the two forward passes (MeZO's in-place order): the second starts after
+    # the first finished, so XLA never holds both passes' activations at once.
+    lp, params = jax.lax.optimization_barrier((lp, params))
     lm = loss_fn(perturb(params, key, -eps))
     return ((lp - lm) / (2.0 * eps)).astype(jnp.float32)
 

@@ -108,8 +108,11 @@ def write_heatmap(path: Path, records: list[dict[str, Any]], axes: Sequence[str]
         grid = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
     fig, ax = plt.subplots(figsize=(1.2 + 1.0 * len(xs), 1.0 + 0.7 * len(ys)))
     cmap = "viridis_r" if direction == "min" else "viridis"
-    im = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, aspect="auto")
-    fig.colorbar(im, ax=ax, label=f"{metric} (mean over seeds)")
+    finite_vals = grid[np.isfinite(grid)]
+    log = finite_vals.size > 1 and finite_vals.min() > 0 and finite_vals.max() / finite_vals.min() > 100
+    norm = matplotlib.colors.LogNorm(vmin=finite_vals.min(), vmax=finite_vals.max()) if log else None
+    im = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, aspect="auto", norm=norm)
+    fig.colorbar(im, ax=ax, label=f"{metric} (mean over seeds{', log scale' if log else ''})")
     ax.set_xticks(range(len(xs)), [f"{json.loads(x):g}" if isinstance(json.loads(x), (int, float)) else x for x in xs])
     ax.set_yticks(range(len(ys)), [f"{json.loads(y):g}" if isinstance(json.loads(y), (int, float)) else y for y in ys])
     ax.set_xlabel(xa)
@@ -123,7 +126,10 @@ def write_heatmap(path: Path, records: list[dict[str, Any]], axes: Sequence[str]
     for i in range(len(ys)):
         for j in range(len(xs)):
             v = grid[i, j]
-            shade = (v - lo) / (hi - lo) if hi > lo and np.isfinite(v) else 0.5
+            if log and np.isfinite(v):
+                shade = (np.log(v) - np.log(lo)) / (np.log(hi) - np.log(lo))
+            else:
+                shade = (v - lo) / (hi - lo) if hi > lo and np.isfinite(v) else 0.5
             if direction == "min":
                 shade = 1 - shade
             ax.text(j, i, "n/a" if not np.isfinite(v) else f"{v:.3g}", ha="center", va="center", fontsize=8, color="black" if shade > 0.6 else "white")

@@ -238,6 +238,10 @@ def run_sweep(
     cells_dir.mkdir(parents=True, exist_ok=True)
     if pi == 0:
         (out_dir / SWEEP_FILE).write_text(json.dumps({"fingerprint": plan.fingerprint}, indent=1) + "\n")
+    if pc > 1:  # nobody writes a cell before process 0 has cleared the folder
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("lgrad-sweep-start")
     start = time.perf_counter()
     mine = process_slice(plan.cells, pi, pc)
     done_ids = {p.stem for p in cells_dir.glob("*.json")} if resume else set()
@@ -336,8 +340,7 @@ def _run_sequential(plan: _Plan, todo: list[Cell], write, groups, out_dir: Path,
 
     t0 = time.perf_counter()
     for c in todo:
-        overrides = {k: v for k, v in c.config.items() if plan.base.get(k) != v}
-        overrides = {**{k: c.config[k] for k in plan.base if k in c.overrides}, **overrides}
+        overrides = dict(c.config)  # the full config: base (--set included) + the cell's keys
         run_dir = out_dir / "runs" / c.id
         result = run_experiment(plan.exp.name, plan.mode, overrides, run_dir, show_progress=show_progress, checkpoint_every=checkpoint_every, resume=resume and checkpoint_every > 0)
         write(c, _claim_metrics(result.claims), result.claims, 0, "run_experiment")
