@@ -381,6 +381,11 @@ class CheckpointSession:
             self.root / f"loop-{i:03d}", every=self.every, fingerprint={**self.fingerprint, "loop": i}, max_to_keep=self.max_to_keep
         )
 
+    @property
+    def loops(self) -> int:
+        """How many loops asked for a checkpoint so far."""
+        return self._count
+
     @contextlib.contextmanager
     def activate(self) -> Iterator["CheckpointSession"]:
         token = _ACTIVE.set(self)

@@ -160,7 +160,7 @@ def test_dense_without_masking_is_momentum_sgd():
 def test_local_clipping_scaled_by_sqrt_n():
     g = {"a": jnp.full((4,), 3.0)}  # norm 6
     c = clip_local_gradient(g, 4.0, 4)  # limit 4 / 2 = 2
-    np.testing.assert_allclose(optax.global_norm(c), 2.0, rtol=1e-6)
+    np.testing.assert_allclose(optax.tree.norm(c), 2.0, rtol=1e-6)
     same = clip_local_gradient(g, 100.0, 4)
     np.testing.assert_allclose(same["a"], g["a"])
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from lgrad import robust
 from lgrad.distributed import run_workers
 
-SET = settings(max_examples=8, deadline=None)
+SET = settings(max_examples=6, deadline=None)
 
 
 # ----------------------------------------------------------------------------- numpy references

@@ -125,6 +125,23 @@ def test_run_cells_vmap_sharded_equals_sequential():
         run_cells(_quadratic_cell, hps, seeds, strategy="fast")
 
 
+def test_auto_probe_branch_keeps_every_result(monkeypatch):
+    """Force auto's vmap probe (on a loaded CPU the compile guard usually says
+    sequential): whichever way it decides, every cell is computed once and right."""
+    from lgrad.sweep import batched
+
+    monkeypatch.setattr(batched, "PROBE_MAX_COMPILE_FRACTION", 1e9)
+    hps = [{"lr": 0.01 * (i + 1), "b1": 0.9} for i in range(19)]
+    seeds = list(range(19))
+    seen = []
+    auto, info = run_cells(_quadratic_cell, hps, seeds, strategy="auto", on_done=lambda i, m: seen.extend(i))
+    assert sorted(seen) == seeds and info.calibration["probe_batch"] == 8  # ceil(17/16) rounded up to the 8 devices
+    assert info.calibration["decision"].startswith(("vmap", "sequential: vmap was not faster"))
+    seq, _ = run_cells(_quadratic_cell, hps, seeds, strategy="sequential")
+    for a, b in zip(seq, auto):
+        np.testing.assert_allclose(a["dist"], b["dist"], rtol=1e-6, atol=1e-7)
+
+
 def test_diffgrad_sweep_vmapped_equals_one_by_one(tmp_path):
     """The real opt-in experiment: a 2x2 grid vmapped over the device mesh equals the
     same configurations run one by one, and the outputs are written."""

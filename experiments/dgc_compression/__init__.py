@@ -33,11 +33,11 @@ EXPECTED = ">= 270x fewer bytes than dense, test accuracy within 0.5 points, sel
 
 CONFIGS = {
     "quick": dict(
-        seed=0, n_workers=4, hidden=1024, batch_per_worker=32, epochs=20, learning_rate=0.05, momentum=0.9,
+        seed=0, n_workers=4, hidden=512, batch_per_worker=32, epochs=40, learning_rate=0.1, momentum=0.9,
         final_density=0.001, schedule="paper", min_compress_size=100, eval_every=31, test_fraction=0.2,
     ),
     "full": dict(
-        seed=0, n_workers=8, hidden=2048, batch_per_worker=32, epochs=60, learning_rate=0.05, momentum=0.9,
+        seed=0, n_workers=8, hidden=2048, batch_per_worker=32, epochs=60, learning_rate=0.1, momentum=0.9,
         final_density=0.001, schedule="paper", min_compress_size=100, eval_every=15, test_fraction=0.2,
     ),
 }

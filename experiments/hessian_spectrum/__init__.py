@@ -77,8 +77,8 @@ CONFIGS = {
     "full": dict(_COMMON, widths=[10, 20, 40, 80], ks=[2, 3, 5, 10, 20], large_widths=[200, 500, 2000], large_k=10),
 }
 SMOKE = dict(
-    n_points=120, steps=20, widths=[4, 6, 8], ks=[2, 3], large_widths=[12], lanczos_check_width=8,
-    lanczos_iters=30, slq_probes=2, slq_iters=12,
+    n_points=60, steps=10, widths=[8], ks=[3], large_widths=[6], large_k=3, lanczos_check_width=8,
+    lanczos_iters=20, slq_probes=2, slq_iters=8,
 )
 
 

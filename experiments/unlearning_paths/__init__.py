@@ -40,7 +40,6 @@ import jax
 import numpy as np
 
 from lgrad.engine import Claim, RunContext
-from lgrad.unlearn import METHODS
 
 from .classifier import run_classifier
 from .linear import run_linear
@@ -65,12 +64,13 @@ _CLF = dict(
     unlearn_lr=1e-4,
     unlearn_steps=15,
     clf_positions=[1, 2, 3, 4],
+    unlearn_methods=["ga", "npo", "simnpo"],
 )
 CONFIGS = {
     "quick": dict(seed=0, **_LIN, lin_T=40, **_CLF, clf_orders_per_position=2),
     "full": dict(seed=0, **_LIN, lin_T=60, **dict(_CLF, clf_stage_steps=400), clf_orders_per_position=6),
 }
-SMOKE = dict(lin_d=20, lin_n_a=6, lin_n_b=6, lin_m=30, lin_k=3, lin_T=12, lin_stage_steps=2000, clf_stage_steps=5, clf_orders_per_position=1, clf_positions=[4], clf_hidden=16, unlearn_steps=3)
+SMOKE = dict(lin_d=20, lin_n_a=6, lin_n_b=6, lin_m=30, lin_k=3, lin_T=12, lin_stage_steps=2000, clf_stage_steps=5, clf_orders_per_position=1, clf_positions=[4], clf_hidden=16, unlearn_steps=3, unlearn_methods=["npo"])
 
 
 def run(config: dict[str, Any], ctx: RunContext) -> list[Claim]:
@@ -79,7 +79,7 @@ def run(config: dict[str, Any], ctx: RunContext) -> list[Claim]:
     clf = run_classifier(config, ctx)
     _plot(ctx, config, lin, clf)
     ctx.log("summary", linear={k: v for k, v in lin.items() if not isinstance(v, np.ndarray)},
-            classifier={m: {k: v for k, v in clf[m].items() if not k.startswith("traj")} for m in METHODS})
+            classifier={m: {k: v for k, v in clf[m].items() if not k.startswith("traj")} for m in config["unlearn_methods"]})
     return _claims(config, lin, clf)
 
 
@@ -134,7 +134,7 @@ def _claims(cfg, lin, clf) -> list[Claim]:
         ),
     ]
     ps = np.array(clf["positions"])
-    for m in METHODS:
+    for m in cfg["unlearn_methods"]:
         c = clf[m]
         claims.append(Claim.finding(
             f"retain-acc-spread-{m}",
@@ -185,7 +185,7 @@ def _plot(ctx, cfg, lin, clf) -> None:
     ax = axes[0, 1]
     x = np.arange(len(ps))
     ax.plot(x, clf["retain_acc_before"], "k_", ms=14, mew=2, label="before unlearning")
-    for j, m in enumerate(METHODS):
+    for j, m in enumerate(cfg["unlearn_methods"]):
         ax.plot(x + (j - 1) * 0.15, clf[m]["retain_acc"], "o", color=colors[m], label=f"{m.upper()} (spread {clf[m]['retain_acc_spread']:.2f})")
     ax.set_xticks(x, ["".join("F" if s == 3 else f"R{s + 1}"[-1] for s in o) for o in clf["orders"]], fontsize=7, rotation=45)
     ax.set_xlabel("stage order (R stages by number, F = forget)")
@@ -196,7 +196,7 @@ def _plot(ctx, cfg, lin, clf) -> None:
     ax = axes[1, 0]
     pp = np.asarray(cfg["clf_positions"])
     ax.plot(pp, clf["forget_acc_before_by_p"], "k--o", label="before")
-    for m in METHODS:
+    for m in cfg["unlearn_methods"]:
         ax.plot(pp, clf[m]["forget_acc_by_p"], "-o", color=colors[m], label=m.upper())
     ax.axhline(0.1, color="0.6", lw=0.8, ls=":", label="chance")
     ax.set_xticks(pp)
@@ -207,7 +207,7 @@ def _plot(ctx, cfg, lin, clf) -> None:
 
     ax = axes[1, 1]
     cmap = plt.get_cmap("viridis")
-    for m, ls in zip(METHODS, ("-", "--", ":")):
+    for m, ls in zip(cfg["unlearn_methods"], ("-", "--", ":")):
         tr = clf[m]["traj_forget_acc"]
         for p in cfg["clf_positions"]:
             ax.plot(tr[ps == p].mean(0), ls, color=cmap((p - 1) / 3), label=f"{m.upper()} p={p}" if m == "ga" or p in (1, 4) else None)

@@ -31,7 +31,7 @@ import numpy as np
 import optax
 
 from lgrad.data import digits, train_test_split
-from lgrad.unlearn import METHODS, Stage, class_logprob, re_distance, train_stages, unlearn
+from lgrad.unlearn import Stage, class_logprob, re_distance, train_stages, unlearn
 
 FORGET = 3  # index of F in the stage list [R1, R2, R3, F]
 
@@ -131,7 +131,7 @@ def run_classifier(cfg: dict[str, Any], ctx) -> dict[str, Any]:
     before = {o: {k: v[i] for k, v in ev0.items()} for i, o in enumerate(orders)}
     after, traj = {}, {}
     uopt = optax.adam(cfg["unlearn_lr"])
-    for method in METHODS:
+    for method in cfg["unlearn_methods"]:
         u = unlearn(
             method, logprob_fn, stacked, (xf, yf), uopt, steps=cfg["unlearn_steps"], batched=True,
             eval_fn=lambda p: {k: v for k, v in veval(p).items() if k != "probs"}, eval_every=1,
@@ -157,7 +157,7 @@ def run_classifier(cfg: dict[str, Any], ctx) -> dict[str, Any]:
 
     summary["pairwise_re_before"] = mean_pairwise([before[o]["probs"] for o in orders])
     summary["re_to_retrain_before"] = float(np.mean([float(re_distance(before[o]["probs"], retrain_probs[tuple(s for s in o if s != FORGET)])) for o in orders]))
-    for method in METHODS:
+    for method in cfg["unlearn_methods"]:
         acc = np.array([after[o, method]["retain_acc"] for o in orders])
         facc = np.array([after[o, method]["forget_acc"] for o in orders])
         flogp = np.array([after[o, method]["forget_logp"] for o in orders])
@@ -183,5 +183,5 @@ def run_classifier(cfg: dict[str, Any], ctx) -> dict[str, Any]:
         for i, o in enumerate(orders):
             ctx.log(f"classifier/{method}", order=list(o), position=pos[o], retain_acc_before=acc_before[i], retain_acc=acc[i],
                     forget_acc_before=summary["forget_acc_before"][i], forget_acc=facc[i], forget_logp=flogp[i])
-    summary["forget_acc_before_by_p"] = summary[METHODS[0]]["forget_acc_before_by_p"]
+    summary["forget_acc_before_by_p"] = summary[cfg["unlearn_methods"][0]]["forget_acc_before_by_p"]
     return summary

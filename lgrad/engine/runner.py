@@ -183,5 +183,10 @@ def run_experiment(
     )
     (out_dir / "result.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     if session is not None:
+        if session.loops == 0:
+            print(
+                f"lgrad: note: {exp.name} trains outside lgrad.engine.fit/run_loop, so nothing was checkpointed",
+                file=sys.stderr,
+            )
         session.remove()
     return result

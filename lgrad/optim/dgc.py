@@ -5,7 +5,8 @@ Compression: Reducing the Communication Bandwidth for Distributed Training",
 ICLR 2018 (arXiv:1712.01887): Algorithm 1 / Eqs. (4)-(7) (momentum correction
 and local accumulation), Section 3.2 (local gradient clipping by
 :math:`N^{-1/2}`), Section 3.3 (momentum factor masking, warm-up training) and
-the sampled top-k threshold of Section 5 / the authors' implementation notes.
+the top-k threshold estimated on a small sample of the entries (the paper's
+system-performance discussion), refined as PAPERS.md B2 specifies.
 
 The pieces (all plain functions on pytrees, per worker):
 
@@ -107,7 +108,7 @@ def select_topk(
 
     ``threshold="exact"``: ``lax.top_k(|x|, k)``; exactly k entries are sent.
 
-    ``threshold="sampled"`` (Lin et al. 2018, Section 5; PAPERS.md B2): draw
+    ``threshold="sampled"`` (Lin et al. 2018, threshold from a sample; PAPERS.md B2): draw
     :math:`s = \max(\lceil \text{sample\_fraction}\cdot N\rceil, \min(N,
     \text{min\_samples}))` entries uniformly (with replacement), take as threshold the
     :math:`\lceil s\,k/N\rceil`-th largest sampled magnitude, then refine: while fewer
@@ -176,7 +177,7 @@ def select_topk(
 def clip_local_gradient(grads: Any, max_norm: float, num_workers: int | jax.Array = 1) -> Any:
     r"""Clip a worker's gradient to global norm :math:`\text{max\_norm}\cdot n^{-1/2}`
     (Lin et al. 2018, Section 3.2): :math:`g \leftarrow g\,\min(1, c\,n^{-1/2}/\|g\|)`."""
-    norm = optax.global_norm(grads)
+    norm = optax.tree.norm(grads)
     limit = max_norm / jnp.sqrt(jnp.asarray(num_workers, jnp.float32))
     scale = jnp.minimum(1.0, limit / jnp.maximum(norm, 1e-30))
     return jax.tree.map(lambda g: (g * scale.astype(g.dtype)).astype(g.dtype), grads)

@@ -36,6 +36,8 @@ __all__ = ["STRATEGIES", "RunInfo", "run_cells", "sweep_mesh"]
 
 STRATEGIES = ("auto", "vmap", "sequential")
 AXIS = "sweep"
+# "auto" probes vmap only if a compile costs at most this fraction of the rest run sequentially.
+PROBE_MAX_COMPILE_FRACTION = 0.08
 
 
 @dataclasses.dataclass
@@ -208,7 +210,7 @@ def run_cells(
         t_seq = cal["cell_sequential_s"]
         # A vmap compile costs about what the sequential one did; probe only if that is
         # a small fraction of what the rest would take sequentially.
-        if not rest or cal["compile_sequential_s"] > 0.08 * t_seq * len(rest):
+        if not rest or cal["compile_sequential_s"] > PROBE_MAX_COMPILE_FRACTION * t_seq * len(rest):
             for i in rest:
                 r.seq(i)
             cal["decision"] = "sequential: the rest is too short to pay back a vmap compile"

@@ -24,7 +24,8 @@ Two paths:
 
 Under ``jax.distributed`` each process runs its slice of the cells
 (:func:`process_slice`); finished cells are written to ``sweep/cells/<id>.json`` as
-they complete, so ``resume=True`` skips them after a kill. Process 0 writes
+they complete, so ``resume=True`` skips them after a kill. The records are gathered
+to process 0 with a collective (no shared folder needed), which writes
 ``sweep.csv``, ``sweep.jsonl``, ``best.json`` and (for a 2-D grid) ``heatmap.png``.
 """
 from __future__ import annotations
@@ -45,7 +46,7 @@ from lgrad.engine.config import ConfigError, apply_overrides
 from lgrad.engine.registry import get
 from lgrad.engine.runner import check_writable
 from lgrad.sweep.batched import STRATEGIES, run_cells
-from lgrad.sweep.report import best_summary, format_best, write_heatmap, write_tables
+from lgrad.sweep.report import best_summary, write_heatmap, write_tables
 from lgrad.sweep.spec import Cell, SweepSpec, process_slice
 
 __all__ = ["SweepProtocol", "SweepResult", "protocol_of", "prepare_sweep", "run_sweep"]
@@ -238,13 +239,16 @@ def run_sweep(
     cells_dir.mkdir(parents=True, exist_ok=True)
     if pi == 0:
         (out_dir / SWEEP_FILE).write_text(json.dumps({"fingerprint": plan.fingerprint}, indent=1) + "\n")
-    if pc > 1:  # nobody writes a cell before process 0 has cleared the folder
+    distributed = jax.process_count() > 1
+    if distributed:  # nobody writes a cell before process 0 has cleared the folder
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices("lgrad-sweep-start")
     start = time.perf_counter()
     mine = process_slice(plan.cells, pi, pc)
     done_ids = {p.stem for p in cells_dir.glob("*.json")} if resume else set()
+    if distributed and resume:  # output folders need not be shared: pool what each process has
+        done_ids = set().union(*map(set, _allgather_json(sorted(done_ids))))
     todo = [c for c in mine if c.id not in done_ids]
     skipped = len(mine) - len(todo)
     if skipped:
@@ -272,15 +276,18 @@ def run_sweep(
     else:
         _run_sequential(plan, todo, write, groups, out_dir, checkpoint_every, resume, show_progress)
 
-    if pc > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices("lgrad-sweep-done")
-    records = []
+    by_id = {}
     for c in plan.cells:
         f = cells_dir / f"{c.id}.json"
         if f.exists():
-            records.append(json.loads(f.read_text()))
+            by_id[c.id] = json.loads(f.read_text())
+    if distributed:  # every process's records reach process 0 through a collective
+        for recs in _allgather_json([by_id[c.id] for c in mine if c.id in by_id]):
+            for rec in recs:
+                if rec["cell"] not in by_id and pi == 0:
+                    (cells_dir / f"{rec['cell']}.json").write_text(json.dumps(rec) + "\n")
+                by_id.setdefault(rec["cell"], rec)
+    records = [by_id[c.id] for c in plan.cells if c.id in by_id]
     best = None
     if pi == 0:
         write_tables(out_dir, records, list(plan.cells[0].overrides) if plan.cells else [])
@@ -290,6 +297,19 @@ def run_sweep(
         if len(axes) == 2 and not plan.spec.random and not plan.spec.configs and records:
             write_heatmap(out_dir / "heatmap.png", records, axes, *plan.metric, title=f"{plan.exp.name} sweep")
     return SweepResult(plan.exp.name, out_dir, records, best, groups, time.perf_counter() - start, skipped)
+
+
+def _allgather_json(obj: Any) -> list[Any]:
+    """``obj`` of every process (JSON-able), gathered with a jax collective."""
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    blob = np.frombuffer(json.dumps(obj).encode(), dtype=np.uint8)
+    sizes = np.asarray(multihost_utils.process_allgather(np.asarray([blob.size], np.int32))).reshape(-1)
+    padded = np.zeros(int(sizes.max()), np.uint8)
+    padded[: blob.size] = blob
+    every = np.asarray(multihost_utils.process_allgather(padded)).reshape(len(sizes), -1)
+    return [json.loads(bytes(every[i, : sizes[i]]).decode()) for i in range(len(sizes))]
 
 
 def _run_batched(plan: _Plan, todo: list[Cell], write, groups, strategy, batch_size, show_progress, say) -> None:
