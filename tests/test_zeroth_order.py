@@ -64,7 +64,7 @@ def test_single_worker_converges():
     assert np.linalg.norm(x - x_star) < 0.1 * np.linalg.norm(x_star)
 
 
-def _distributed(codec, backend, steps=15, nan_at=None, n=4):
+def _distributed(codec, backend, steps=5, nan_at=None, n=4):
     tx = mezo(0.05, axis_name="workers", codec=codec, num_samples=2, codec_scale=0.5)
     rng = np.random.default_rng(0)
     shift = jnp.asarray(rng.normal(size=(n, 6)), jnp.float32)  # each worker its own loss
@@ -103,16 +103,17 @@ def test_replicas_bitwise_identical_and_bytes(codec, backend, n):
 
 
 def test_nan_loss_skips_step_on_every_replica():
-    p, s, _, hist = _distributed("one_byte", "vmap", steps=6, nan_at=3)
+    p, s, _, hist = _distributed("one_byte", "vmap", steps=4, nan_at=2)
     assert np.asarray(s.skipped).tolist() == [1, 1, 1, 1]
     for k in P0:
-        before, after = np.asarray(hist[2][k]), np.asarray(hist[3][k])
-        np.testing.assert_array_equal(before, after)  # step 3 applied nothing
+        before, after = np.asarray(hist[1][k]), np.asarray(hist[2][k])
+        np.testing.assert_array_equal(before, after)  # step 2 applied nothing
+        assert not np.array_equal(np.asarray(hist[2][k]), np.asarray(hist[3][k]))  # step 3 did
         assert np.all(np.isfinite(np.asarray(p[k])))
         assert all(np.asarray(p[k])[i].tobytes() == np.asarray(p[k])[0].tobytes() for i in range(4))
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(
     mag=st.floats(0.0196, 51.0),
     sign=st.sampled_from([-1.0, 1.0]),

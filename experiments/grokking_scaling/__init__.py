@@ -10,8 +10,10 @@ fraction c log M / M (c = 2.7482) the network memorises (train accuracy 1, test 
 at >= 1.5 x it generalises (test >= 0.95).
 
 Every (fraction, seed) cell of one M shares shapes (the training set is a 0/1 mask
-over all M^2 pairs), so all cells of one M train as one vmapped, jitted program
-through the engine's ``run_loop``.
+over all M^2 pairs), so all cells of one M train as one vmapped, jitted program:
+the experiment is an ``lgrad.sweep`` (``run_cells`` per modulus group), and the same
+cells can be swept from the command line, e.g.
+``lgrad sweep grokking-scaling --grid modulus=23,37 --grid multiple=0.5,1,2 --seeds 2``.
 """
 from __future__ import annotations
 
@@ -23,8 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lgrad.engine import Claim, RunContext, run_loop
+from lgrad.engine import Claim, RunContext
 from lgrad.local import ridge_solve
+from lgrad.sweep import run_cells
 
 NAME = "grokking-scaling"
 PAPER = "Tian 2025, Provable Scaling Laws of Feature Emergence from Learning Dynamics of Grokking (Li2)"
@@ -47,6 +50,9 @@ CONFIGS = {
         init_scale=0.1,
         activation="square",
         eval_every=50,
+        modulus=23,  # the cell of `lgrad sweep grokking-scaling --grid modulus=... --grid multiple=...`
+        multiple=1.0,
+        strategy="vmap",
     ),
     "full": dict(
         seed=0,
@@ -61,9 +67,12 @@ CONFIGS = {
         init_scale=0.1,
         activation="square",
         eval_every=50,
+        modulus=23,
+        multiple=1.0,
+        strategy="vmap",
     ),
 }
-SMOKE = dict(moduli=[7], multiples=[0.5, 2.0], n_seeds=1, hidden=16, epochs=20, eval_every=10)
+SMOKE = dict(moduli=[7], multiples=[0.5, 2.0], n_seeds=1, hidden=16, epochs=20, eval_every=10, modulus=7)
 
 ACTIVATIONS = {"square": lambda h: h * h, "relu": jax.nn.relu}
 
@@ -136,29 +145,64 @@ def make_cell(m: int, cfg: dict[str, Any]):
     return init, step, evaluate
 
 
+# --- the sweep protocol (lgrad.sweep): one cell = (modulus, multiple, seed) -------------
+SWEEPABLE = ("multiple", "learning_rate", "weight_decay", "ridge", "init_scale")
+SWEEP_METRIC = ("test_acc", "max")
+
+
+def train_cell(static: dict[str, Any], hp: dict[str, Any], key: jax.Array) -> dict[str, jax.Array]:
+    """Train one cell: modulus ``static["modulus"]``, training fraction ``hp["multiple"]``
+    x the critical fraction, seed ``key``. Returns the final train/test accuracy and
+    their curves every ``eval_every`` epochs (pure and traceable: ``lgrad.sweep``
+    vmaps it over cells that share the modulus)."""
+    m = static["modulus"]
+    init, step, evaluate = make_cell(m, {**static, **hp})
+    every = static["eval_every"]
+    blocks, rest = divmod(static["epochs"], every)
+
+    def block(cell, _):
+        cell, _ = jax.lax.scan(lambda c, __: step(c), cell, None, length=every)
+        return cell, evaluate(cell)
+
+    cell = init(hp["multiple"] * critical_fraction(m), key)
+    first = evaluate(cell)
+    cell, curve = jax.lax.scan(block, cell, None, length=blocks)
+    if rest:
+        cell, _ = jax.lax.scan(lambda c, __: step(c), cell, None, length=rest)
+    final = evaluate(cell)
+    return {
+        "train_acc": final["train_acc"],
+        "test_acc": final["test_acc"],
+        "train_curve": jnp.concatenate([first["train_acc"][None], curve["train_acc"]]),
+        "test_curve": jnp.concatenate([first["test_acc"][None], curve["test_acc"]]),
+    }
+
+
 def train_modulus(m: int, cfg: dict[str, Any], ctx: RunContext):
-    """Train every (multiple, seed) cell of modulus m in one vmapped program."""
-    init, step, evaluate = make_cell(m, cfg)
+    """Every (multiple, seed) cell of modulus m, as one batched sweep group."""
+    static = {k: v for k, v in cfg.items() if k not in SWEEPABLE and k != "seed"}
+    static["modulus"] = m
     multiples = np.asarray(cfg["multiples"], np.float64)
     seeds = np.arange(cfg["n_seeds"])
     mult_grid, seed_grid = np.meshgrid(multiples, seeds, indexing="ij")
-    fractions = jnp.asarray(mult_grid.ravel() * critical_fraction(m), jnp.float32)
-    keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.PRNGKey(cfg["seed"]), 1000 * m + s))(
-        jnp.asarray(seed_grid.ravel())
-    )
-    cells = jax.vmap(init)(fractions, keys)
-    result = run_loop(
-        jax.vmap(step),
-        cells,
-        steps=cfg["epochs"],
-        eval_fn=jax.vmap(evaluate),
-        eval_every=cfg["eval_every"],
-        progress=lambda total, desc: ctx.progress(total=total, desc=f"M={m}"),
-    )
+    hparams = [{**{k: cfg[k] for k in SWEEPABLE}, "multiple": float(x)} for x in mult_grid.ravel()]
+    cell_seeds = [cfg["seed"] + 1000 * m + int(s) for s in seed_grid.ravel()]
+    with ctx.progress(total=len(hparams), desc=f"M={m} ({len(hparams)} cells)") as bar:
+        metrics, info = run_cells(
+            lambda hp, key: train_cell(static, hp, key),
+            hparams,
+            cell_seeds,
+            strategy=cfg["strategy"],
+            on_done=lambda idx, _: bar.update(len(idx)),
+        )
     shape = mult_grid.shape
-    curves = {k: np.asarray(v).reshape((-1,) + shape) for k, v in result.evals.items()}  # (evals, mult, seed)
-    final = {k: v[-1] for k, v in curves.items()}
-    return final, curves, result.eval_steps
+    final = {k: np.asarray([c[k] for c in metrics]).reshape(shape) for k in ("train_acc", "test_acc")}
+    curves = {
+        k.replace("_curve", "_acc"): np.moveaxis(np.asarray([c[k] for c in metrics]).reshape(shape + (-1,)), -1, 0)
+        for k in ("train_curve", "test_curve")
+    }  # (evals, multiple, seed)
+    eval_steps = np.arange(curves["test_acc"].shape[0]) * cfg["eval_every"]
+    return final, curves, eval_steps
 
 
 def _boundary(multiples: np.ndarray, test: np.ndarray, crit: float) -> dict[str, Any]:
@@ -205,6 +249,8 @@ def run(config: dict[str, Any], ctx: RunContext) -> list[Claim]:
     cfg = dict(config)
     if cfg["n_seeds"] < 1 or cfg["epochs"] < 1 or not cfg["moduli"] or not cfg["multiples"]:
         raise ValueError("n_seeds, epochs, moduli and multiples must be non-empty / positive")
+    if cfg["eval_every"] < 1 or cfg["epochs"] % cfg["eval_every"]:
+        raise ValueError("eval_every must be >= 1 and divide epochs")
     multiples = np.asarray(cfg["multiples"], np.float64)
     finals, curves, boundaries = {}, {}, {}
     for m in cfg["moduli"]:

@@ -289,8 +289,8 @@ def exchange(step: LocalStep, like: Any, *, axis_name: str | None = comm.AXIS) -
 
     Must run under the worker axis ``axis_name`` (inside
     :func:`lgrad.distributed.run_workers` / ``make_program``). All compressed leaves
-    travel as *one* :func:`comm.all_gather_sparse` call (values and int32 indices
-    into the concatenated compressed leaves; index bytes counted); dense leaves as
+    travel as *one* :func:`comm.all_gather_sparse` call (the leaves' values and
+    int32 indices back to back; index bytes counted); dense leaves as
     one :func:`comm.pmean`. ``axis_name=None``: a single worker (no communication;
     the local sent tensor is returned). Returns a pytree shaped like ``like``.
     """
@@ -301,21 +301,22 @@ def exchange(step: LocalStep, like: Any, *, axis_name: str | None = comm.AXIS) -
     out: list[Any] = [None] * len(leaves)
     ct = jnp.promote_types(jnp.result_type(*leaves), jnp.float32) if leaves else jnp.float32
     if comp:
-        offsets = np.cumsum([0] + [sizes[i] for i in comp])
-        total = int(offsets[-1])
+        # One message: the leaves' static-size segments back to back; indices are local
+        # to their leaf (padding == the leaf's size, dropped by the scatter).
+        caps = [int(step.messages[i].values.shape[0]) for i in comp]
+        offsets = np.cumsum([0] + caps)
         vals = jnp.concatenate([step.messages[i].values.astype(ct) for i in comp])
-        idx = jnp.concatenate(
-            [jnp.where(step.messages[i].indices < sizes[i], step.messages[i].indices + int(o), total)
-             for i, o in zip(comp, offsets[:-1])]
-        ).astype(jnp.int32)
+        idx = jnp.concatenate([step.messages[i].indices for i in comp]).astype(jnp.int32)
         if axis_name is None:
-            flat = jnp.zeros((total,), ct).at[idx].add(vals, mode="drop")
+            g_vals, g_idx, n = vals[None], idx[None], 1
         else:
             g_vals, g_idx = comm.all_gather_sparse(vals, idx, axis_name)
             n = comm.axis_size(axis_name)
-            flat = jnp.zeros((total,), ct).at[jnp.ravel(g_idx)].add(jnp.ravel(g_vals), mode="drop") / n
-        for i, o in zip(comp, offsets[:-1]):
-            out[i] = flat[int(o): int(o) + sizes[i]].reshape(np.shape(leaves[i])).astype(leaves[i].dtype)
+        for i, o, c in zip(comp, offsets[:-1], caps):
+            seg_v = jnp.ravel(g_vals[:, int(o): int(o) + c]) / n
+            seg_i = jnp.ravel(g_idx[:, int(o): int(o) + c])
+            flat = jnp.zeros((sizes[i],), ct).at[seg_i].add(seg_v, mode="drop")
+            out[i] = flat.reshape(np.shape(leaves[i])).astype(leaves[i].dtype)
     if dens:
         cat = jnp.concatenate([step.dense[i].astype(ct) for i in dens])
         if axis_name is not None:

@@ -30,7 +30,6 @@ from typing import Any, Callable, NamedTuple
 import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from lgrad._validation import check_int, check_learning_rate, check_nonnegative, check_positive
@@ -182,14 +181,15 @@ def mezo(
         [0.02, 51]).
 
     Example:
-      >>> import jax.numpy as jnp, optax
+      >>> import jax, jax.numpy as jnp, optax
       >>> from lgrad.optim import mezo
       >>> loss = lambda p: jnp.sum((p["w"] - 1.0) ** 2)
       >>> tx = mezo(0.05, eps=1e-3)
       >>> params = {"w": jnp.zeros(4)}
       >>> state = tx.init(params)
+      >>> step = jax.jit(lambda s, p: tx.update(None, s, p, loss_fn=loss))
       >>> for _ in range(300):
-      ...     upd, state = tx.update(None, state, params, loss_fn=loss)
+      ...     upd, state = step(state, params)
       ...     params = optax.apply_updates(params, upd)
       >>> bool(loss(params) < 1e-2)
       True
