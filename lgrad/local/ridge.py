@@ -23,6 +23,15 @@ from lgrad._validation import check_positive
 __all__ = ["ridge_solve"]
 
 
+@jax.custom_batching.sequential_vmap
+def _spd_solve(gram: jax.Array, rhs: jax.Array) -> jax.Array:
+    # Under vmap this runs as a loop of unbatched solves. jaxlib 0.10's CPU LAPACK call,
+    # batched (>= 2 systems of size >= ~200) inside a larger jitted program, was seen
+    # to hang (grokking-scaling's vmapped cells) (idle, never returning) on this project's machines; unbatched it is fine
+    # and costs the same flops.
+    return jax.scipy.linalg.solve(gram, rhs, assume_a="pos")
+
+
 def ridge_solve(
     features: jax.Array,
     targets: jax.Array,
@@ -63,6 +72,7 @@ def ridge_solve(
     k = features.shape[1]
     gram = fw.T @ features + ridge * jnp.eye(k, dtype=features.dtype)
     rhs = fw.T @ targets
-    v_t = jax.scipy.linalg.solve(gram, rhs, assume_a="pos")
-    v = v_t.T
-    return jax.lax.stop_gradient(v) if stop_gradient else v
+    if stop_gradient:
+        sg = jax.lax.stop_gradient
+        return _spd_solve(sg(gram), sg(rhs)).T
+    return jax.scipy.linalg.solve(gram, rhs, assume_a="pos").T
