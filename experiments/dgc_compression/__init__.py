@@ -10,6 +10,13 @@ paper's warm-up 25%, 6.25%, 1.56%, 0.39%, 0.1%) sends >= 270x fewer bytes per st
 than dense momentum SGD (values + int32 indices counted by ``lgrad.distributed.comm``)
 and ends within 0.5 accuracy points of it; the sampled threshold selects between
 0.8k and 1.3k entries; sent + residual equals the accumulated momentum to 1e-5.
+
+History (kept for honesty): a first quick config (hidden 1024, 20 epochs, lr 0.05)
+left dense momentum SGD undertrained (94.1% test accuracy) and DGC 0.7 points
+behind it, failing the 0.5-point claim. The current quick config trains both to
+convergence (hidden 512, 40 epochs, lr 0.1); the criterion itself never changed.
+The paper's claim is about converged training, but at this scale the accuracy gap
+depends on the training budget.
 """
 from __future__ import annotations
 
