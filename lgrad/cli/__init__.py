@@ -60,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lgrad: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `lgrad list | head`
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover
