@@ -36,3 +36,16 @@ def test_bench_quick_writes_json_and_plot(tmp_path, capsys):
 def test_bench_unknown_topic(capsys, tmp_path):
     assert main(["bench", "--only", "nope", "--out", str(tmp_path)]) == 2
     assert "unknown benchmark" in capsys.readouterr().err
+
+
+def test_partial_rerun_keeps_other_topics(tmp_path):
+    # `lgrad bench --only optim` updates optim's rows and keeps the other topics' rows.
+    other = {"name": "x/y", "what": "w", "ours": 2.0, "baseline": 1.0, "ratio": 2.0, "unit": "s",
+             "target": "ratio <= 3", "met": True, "extra": {"topic": "elsewhere"}}
+    stale = dict(other, name="diffgrad-update/adam", extra={"topic": "optim"})
+    (tmp_path / "bench.json").write_text(json.dumps({"quick": True, "entries": [other, stale]}))
+    assert main(["bench", "--quick", "--only", "optim", "--out", str(tmp_path), "--no-progress"]) == 0
+    rows = json.loads((tmp_path / "bench.json").read_text())["entries"]
+    assert [r["name"] for r in rows].count("x/y") == 1
+    assert [r["name"] for r in rows].count("diffgrad-update/adam") == 1
+    assert next(r for r in rows if r["name"] == "diffgrad-update/adam")["ours"] != 2.0

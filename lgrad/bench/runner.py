@@ -1,6 +1,7 @@
 """Discover and run the benchmark modules in ``lgrad/bench/entries``."""
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import pkgutil
@@ -42,7 +43,7 @@ def run_benchmarks(
             for e in got:
                 if not isinstance(e, Entry):
                     raise TypeError(f"{topic}.run returned {type(e).__name__}, not Entry")
-            entries.extend(got)
+            entries.extend(dataclasses.replace(e, extra={**e.extra, "topic": topic}) for e in got)
         except Exception as e:  # one broken benchmark must not hide the others
             errors[topic] = f"{type(e).__name__}: {e}"
             traceback.print_exc(file=sys.stderr)
@@ -94,27 +95,49 @@ def plot(entries: list[Entry], path: Path) -> None:
     plt.close(fig)
 
 
-def write(entries: list[Entry], errors: dict[str, str], out: Path, *, quick: bool, seconds: float) -> Path:
+def write(
+    entries: list[Entry], errors: dict[str, str], out: Path, *, quick: bool, seconds: float, only: list[str] | None = None
+) -> Path:
+    """Write bench.json/png. With ``only``, entries of the other topics already in an
+    existing bench.json of the same mode are kept (a partial re-run updates the file)."""
     from lgrad.engine.environment import environment
 
     out.mkdir(parents=True, exist_ok=True)
+    path = out / "bench.json"
+    rows = [e.to_dict() for e in entries]
+    if only and path.exists():
+        old = json.loads(path.read_text())
+        if old.get("quick") == quick:
+            kept = [r for r in old.get("entries", []) if r.get("extra", {}).get("topic") not in set(only)]
+            rows = kept + rows
+            entries = [_from_dict(r) for r in rows]
     data: dict[str, Any] = {
         "quick": quick,
         "runtime_s": round(seconds, 2),
         "environment": environment(),
-        "entries": [e.to_dict() for e in entries],
+        "entries": rows,
         "errors": errors,
     }
-    path = out / "bench.json"
     path.write_text(json.dumps(data, indent=2) + "\n")
     plot(entries, out / "bench.png")
     return path
 
 
+def _from_dict(r: dict[str, Any]) -> Entry:
+    bound = r.get("target") or ""
+    value = float(bound.split()[-1]) if bound else None
+    return Entry(
+        r["name"], r["what"], r["ours"], r["baseline"], r["unit"],
+        max_ratio=value if "<=" in bound else None,
+        min_ratio=value if ">=" in bound else None,
+        extra=r.get("extra", {}),
+    )
+
+
 def main(*, quick: bool, out: str, only: list[str] | None, progress: bool) -> int:
     start = time.perf_counter()
     entries, errors = run_benchmarks(quick=quick, only=only, progress=progress)
-    path = write(entries, errors, Path(out), quick=quick, seconds=time.perf_counter() - start)
+    path = write(entries, errors, Path(out), quick=quick, seconds=time.perf_counter() - start, only=only)
     print(format_table(entries))
     met = sum(e.met is True for e in entries)
     missed = sum(e.met is False for e in entries)

@@ -10,7 +10,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="run the benchmarks (ratios against baselines) and write bench.json/png")
     p.add_argument("--quick", action="store_true", help="small sizes, few repeats (seconds)")
     p.add_argument("--out", default="results", help="output directory (default: results/)")
-    p.add_argument("--only", action="append", default=[], metavar="TOPIC", help="run only these benchmark modules")
+    p.add_argument("--only", action="append", default=[], metavar="TOPIC", help="run only these benchmark modules (their rows replace theirs in an existing bench.json)")
     p.add_argument("--list", action="store_true", help="list the benchmark modules and exit")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=cmd_bench)
