@@ -161,7 +161,13 @@ def test_one_huge_outlier(sd, big, where):
     }.items():
         out = np.asarray(rule(bad))
         assert np.all(np.isfinite(out)), name
-        assert np.all(out >= np.minimum(lo, honest.min(0)) - 1e-3) and np.all(out <= hi + 1e-3), name
+        # The *smoothed* geometric median is not confined to the honest hull: at its
+        # fixed point the outlier still pulls with force w*dist <= 1, balanced by the
+        # honest rows, so it may leave the hull by up to about nu (0.1) per coordinate
+        # (e.g. n=3: two honest rows 0.024 apart, the output lands 0.038 outside).
+        # Its robustness is that this excursion is bounded whatever the outlier's size.
+        slack = 0.1 + 1e-3 if name == "geometric_median" else 1e-3
+        assert np.all(out >= np.minimum(lo, honest.min(0)) - slack) and np.all(out <= hi + slack), name
 
 
 def test_jit_and_vmap():

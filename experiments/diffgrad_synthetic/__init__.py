@@ -70,18 +70,6 @@ def _optimizers(cfg: dict[str, Any]) -> dict[str, optax.GradientTransformation]:
     }
 
 
-def _vmapped(fn, tx, x0, steps):
-    def step(carry, _):
-        x, s = carry
-        g = jax.vmap(jax.grad(fn))(x)
-        u, s = jax.vmap(tx.update)(g, s)
-        x = optax.apply_updates(x, u)
-        return (x, s), x
-
-    _, xs = jax.jit(lambda x: jax.lax.scan(step, (x, jax.vmap(tx.init)(x)), None, length=steps))(x0)
-    return xs.T
-
-
 def run(config: dict[str, Any], ctx: RunContext) -> list[Claim]:
     with jax.enable_x64(True):
         return _run(config, ctx)
@@ -124,7 +112,7 @@ def _run(cfg: dict[str, Any], ctx: RunContext) -> list[Claim]:
     for fname, (fn, xstar, _) in FUNCTIONS.items():
         reach[fname] = {}
         for oname, tx in opts.items():
-            end = np.asarray(_vmapped(fn, tx, starts, steps))[:, -1]
+            end = np.asarray(jax.jit(jax.vmap(lambda x0, fn=fn, tx=tx: _descend(fn, tx, x0, steps)))(starts))
             reach[fname][oname] = float(np.mean(np.abs(end - xstar) <= 0.01))
 
     _plot(ctx, trajectories, finals)
