@@ -41,7 +41,7 @@ def test_bench_unknown_topic(capsys, tmp_path):
 def test_partial_rerun_keeps_other_topics(tmp_path):
     # `lgrad bench --only optim` updates optim's rows and keeps the other topics' rows.
     other = {"name": "x/y", "what": "w", "ours": 2.0, "baseline": 1.0, "ratio": 2.0, "unit": "s",
-             "target": "ratio <= 3", "met": True, "extra": {"topic": "elsewhere"}}
+             "target": "ratio <= 3", "max_ratio": 3.0, "min_ratio": None, "met": True, "extra": {"topic": "elsewhere"}}
     stale = dict(other, name="diffgrad-update/adam", extra={"topic": "optim"})
     (tmp_path / "bench.json").write_text(json.dumps({"quick": True, "entries": [other, stale]}))
     assert main(["bench", "--quick", "--only", "optim", "--out", str(tmp_path), "--no-progress"]) == 0

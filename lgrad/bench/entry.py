@@ -39,6 +39,14 @@ class Entry:
             return bool(self.ratio >= self.min_ratio)
         return None
 
+    @classmethod
+    def from_dict(cls, row: dict[str, Any]) -> "Entry":
+        """Inverse of :meth:`to_dict` (a row of bench.json)."""
+        return cls(
+            row["name"], row["what"], row["ours"], row["baseline"], row["unit"],
+            max_ratio=row.get("max_ratio"), min_ratio=row.get("min_ratio"), extra=row.get("extra", {}),
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -48,6 +56,8 @@ class Entry:
             "ratio": self.ratio,
             "unit": self.unit,
             "target": self.target,
+            "max_ratio": self.max_ratio,
+            "min_ratio": self.min_ratio,
             "met": self.met,
             **({"extra": self.extra} if self.extra else {}),
         }

@@ -110,7 +110,7 @@ def write(
         if old.get("quick") == quick:
             kept = [r for r in old.get("entries", []) if r.get("extra", {}).get("topic") not in set(only)]
             rows = kept + rows
-            entries = [_from_dict(r) for r in rows]
+            entries = [Entry.from_dict(r) for r in rows]
     data: dict[str, Any] = {
         "quick": quick,
         "runtime_s": round(seconds, 2),
@@ -121,17 +121,6 @@ def write(
     path.write_text(json.dumps(data, indent=2) + "\n")
     plot(entries, out / "bench.png")
     return path
-
-
-def _from_dict(r: dict[str, Any]) -> Entry:
-    bound = r.get("target") or ""
-    value = float(bound.split()[-1]) if bound else None
-    return Entry(
-        r["name"], r["what"], r["ours"], r["baseline"], r["unit"],
-        max_ratio=value if "<=" in bound else None,
-        min_ratio=value if ">=" in bound else None,
-        extra=r.get("extra", {}),
-    )
 
 
 def main(*, quick: bool, out: str, only: list[str] | None, progress: bool) -> int:
