@@ -1,4 +1,4 @@
-"""Deep Gradient Compression pieces (lgrad.optim.dgc)."""
+"""Deep Gradient Compression pieces (lgrad.optim: dgc, scale_by_dgc and their pieces)."""
 from __future__ import annotations
 
 import jax
@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from lgrad.distributed import comm, run_workers
 from lgrad.optim import dgc, scale_by_dgc
-from lgrad.optim.dgc import (
+from lgrad.optim import (
     accumulate,
     clip_local_gradient,
     exchange,

@@ -1,4 +1,4 @@
-"""Zeroth-order SPSA / MeZO with shared randomness (lgrad.optim.zeroth_order)."""
+"""Zeroth-order SPSA / MeZO with shared randomness (lgrad.optim: mezo and its pieces)."""
 from __future__ import annotations
 
 import jax
@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from lgrad.distributed import comm, run_workers
 from lgrad.optim import mezo
-from lgrad.optim.zeroth_order import (
+from lgrad.optim import (
     INVALID_CODE,
     one_byte_decode,
     one_byte_encode,

@@ -1,14 +1,64 @@
-"""Optimizers and gradient transforms, each an ``optax.GradientTransformation``."""
-from lgrad.optim.diffgrad import ScaleByDiffGradState as ScaleByDiffGradState
-from lgrad.optim.diffgrad import diffgrad as diffgrad
-from lgrad.optim.diffgrad import scale_by_diffgrad as scale_by_diffgrad
-from lgrad.optim import dgc as dgc_lib
-from lgrad.optim.dgc import DGCState as DGCState
-from lgrad.optim.dgc import dgc as dgc
-from lgrad.optim.dgc import scale_by_dgc as scale_by_dgc
-from lgrad.optim import zeroth_order as zeroth_order
-from lgrad.optim.zeroth_order import MeZOState as MeZOState
-from lgrad.optim.zeroth_order import mezo as mezo
+"""Optimizers and gradient transforms, each an ``optax.GradientTransformation``.
 
-__all__ = ["ScaleByDiffGradState", "diffgrad", "scale_by_diffgrad"]
-__all__ += ["DGCState", "dgc", "dgc_lib", "scale_by_dgc", "MeZOState", "mezo", "zeroth_order"]
+The rules live in private modules (``_diffgrad``, ``_dgc``, ``_zeroth_order``);
+this package re-exports every public name, optax-style. :data:`TRANSFORMS` names
+every public transform factory (the shared transform table covers each)."""
+from lgrad.optim._dgc import DGCState as DGCState
+from lgrad.optim._dgc import LocalStep as LocalStep
+from lgrad.optim._dgc import SparseMessage as SparseMessage
+from lgrad.optim._dgc import accumulate as accumulate
+from lgrad.optim._dgc import clip_local_gradient as clip_local_gradient
+from lgrad.optim._dgc import dgc as dgc
+from lgrad.optim._dgc import exchange as exchange
+from lgrad.optim._dgc import leaf_budget as leaf_budget
+from lgrad.optim._dgc import local_step as local_step
+from lgrad.optim._dgc import scale_by_dgc as scale_by_dgc
+from lgrad.optim._dgc import select_topk as select_topk
+from lgrad.optim._dgc import warmup_density as warmup_density
+from lgrad.optim._dgc import warmup_phases as warmup_phases
+from lgrad.optim._diffgrad import ScaleByDiffGradState as ScaleByDiffGradState
+from lgrad.optim._diffgrad import diffgrad as diffgrad
+from lgrad.optim._diffgrad import scale_by_diffgrad as scale_by_diffgrad
+from lgrad.optim._zeroth_order import INVALID_CODE as INVALID_CODE
+from lgrad.optim._zeroth_order import MeZOState as MeZOState
+from lgrad.optim._zeroth_order import mezo as mezo
+from lgrad.optim._zeroth_order import one_byte_decode as one_byte_decode
+from lgrad.optim._zeroth_order import one_byte_encode as one_byte_encode
+from lgrad.optim._zeroth_order import perturb as perturb
+from lgrad.optim._zeroth_order import sample_key as sample_key
+from lgrad.optim._zeroth_order import spsa_gradient as spsa_gradient
+from lgrad.optim._zeroth_order import spsa_projected_gradient as spsa_projected_gradient
+
+#: Every public transform factory of this package (returns an optax transform).
+TRANSFORMS = ("diffgrad", "scale_by_diffgrad", "dgc", "scale_by_dgc", "mezo")
+
+__all__ = [
+    # diffGrad
+    "ScaleByDiffGradState",
+    "diffgrad",
+    "scale_by_diffgrad",
+    # Deep Gradient Compression
+    "DGCState",
+    "LocalStep",
+    "SparseMessage",
+    "accumulate",
+    "clip_local_gradient",
+    "dgc",
+    "exchange",
+    "leaf_budget",
+    "local_step",
+    "scale_by_dgc",
+    "select_topk",
+    "warmup_density",
+    "warmup_phases",
+    # zeroth order (MeZO, one byte)
+    "INVALID_CODE",
+    "MeZOState",
+    "mezo",
+    "one_byte_decode",
+    "one_byte_encode",
+    "perturb",
+    "sample_key",
+    "spsa_gradient",
+    "spsa_projected_gradient",
+]

@@ -9,7 +9,7 @@ import optax
 from lgrad.bench import Entry, time_pair
 from lgrad.distributed import comm, make_program
 from lgrad.optim import dgc
-from lgrad.optim.dgc import select_topk
+from lgrad.optim import select_topk
 
 
 def _mlp(key, sizes):

@@ -30,7 +30,7 @@ class ScaleByDiffGradState(NamedTuple):
 def _friction(prev_grad: jax.Array, grad: jax.Array) -> jax.Array:
     # xi = sigmoid(|g_{t-1} - g_t|). ``jax.nn.sigmoid`` (lax.logistic) measured faster
     # on XLA:CPU than the spelled-out 1 / (1 + exp(-x)) and than folding 1/xi into the
-    # denominator (`lgrad bench`, 10M parameters; see the closing notes of issue 12).
+    # denominator (`lgrad bench`, 10M parameters).
     return jax.nn.sigmoid(jnp.abs(prev_grad - grad))
 
 

@@ -6,7 +6,7 @@ ICLR 2018 (arXiv:1712.01887): Algorithm 1 / Eqs. (4)-(7) (momentum correction
 and local accumulation), Section 3.2 (local gradient clipping by
 :math:`N^{-1/2}`), Section 3.3 (momentum factor masking, warm-up training) and
 the top-k threshold estimated on a small sample of the entries (the paper's
-system-performance discussion), refined as PAPERS.md B2 specifies.
+system-performance discussion), refined by a bounded loop (see :func:`select_topk`).
 
 The pieces (all plain functions on pytrees, per worker):
 
@@ -108,7 +108,7 @@ def select_topk(
 
     ``threshold="exact"``: ``lax.top_k(|x|, k)``; exactly k entries are sent.
 
-    ``threshold="sampled"`` (Lin et al. 2018, threshold from a sample; PAPERS.md B2): draw
+    ``threshold="sampled"`` (Lin et al. 2018, threshold from a sample): draw
     :math:`s = \max(\lceil \text{sample\_fraction}\cdot N\rceil, \min(N,
     \text{min\_samples}))` entries uniformly (with replacement), take as threshold the
     :math:`\lceil s\,k/N\rceil`-th largest sampled magnitude, then refine: while fewer
