@@ -81,9 +81,9 @@ def test_monna_filters_byzantine_and_counts_bytes():
     grads = jnp.ones((n, d))
     bad = lambda h: jnp.full((h.shape[1],), 1e6)  # noqa: E731
     # averaging is dragged far away; NNA and trimmed mean are not
-    avg = _run_monna(robust.monna(0.1, f=2, beta=0.0, mix=robust.aggregator_mixing(robust.mean), byzantine=(6, 7), attack=bad, attack_on="params"), params, grads, n)
+    avg = _run_monna(robust.monna(0.1, f=2, beta=0.0, rule=robust.aggregator_rule(robust.mean), byzantine=(6, 7), attack=bad, attack_on="params"), params, grads, n)
     nna = _run_monna(robust.monna(0.1, f=2, beta=0.0, byzantine=(6, 7), attack=bad, attack_on="params"), params, grads, n)
-    cwtm = _run_monna(robust.monna(0.1, f=2, beta=0.0, mix=robust.aggregator_mixing(functools.partial(robust.trimmed_mean, f=2)), byzantine=(6, 7), attack=bad, attack_on="params"), params, grads, n)
+    cwtm = _run_monna(robust.monna(0.1, f=2, beta=0.0, rule=robust.aggregator_rule(functools.partial(robust.trimmed_mean, f=2)), byzantine=(6, 7), attack=bad, attack_on="params"), params, grads, n)
     assert float(jnp.abs(avg[:6]).max()) > 1e4
     np.testing.assert_allclose(nna[:6], -0.1, rtol=1e-5)
     np.testing.assert_allclose(cwtm[:6], -0.1, rtol=1e-5)
@@ -91,7 +91,7 @@ def test_monna_filters_byzantine_and_counts_bytes():
     nan_out = _run_monna(robust.monna(0.1, f=2, beta=0.0, byzantine=(6, 7), attack=lambda h: jnp.full((h.shape[1],), jnp.nan), attack_on="params"), params, grads, n)
     np.testing.assert_allclose(nan_out[:6], -0.1, rtol=1e-5)
     # updates-mode sign flip: byzantine rows = mean honest params + (-mean honest update)
-    tx = robust.monna(0.1, f=2, beta=0.0, mix=robust.aggregator_mixing(robust.mean), byzantine=(6, 7), attack=attacks.sign_flip)
+    tx = robust.monna(0.1, f=2, beta=0.0, rule=robust.aggregator_rule(robust.mean), byzantine=(6, 7), attack=attacks.sign_flip)
     out = _run_monna(tx, params, grads, n)
     np.testing.assert_allclose(out[0], (6 * -0.1 + 2 * 0.1) / 8, rtol=1e-5)
 

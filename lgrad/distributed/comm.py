@@ -34,6 +34,7 @@ __all__ = [
     "AXIS",
     "CommCounter",
     "counting",
+    "not_counted",
     "nbytes",
     "record",
     "psum",
@@ -92,6 +93,21 @@ def counting() -> Iterator[CommCounter]:
     token = _ACTIVE.set(_ACTIVE.get() + (counter,))
     try:
         yield counter
+    finally:
+        _ACTIVE.reset(token)
+
+
+@contextlib.contextmanager
+def not_counted() -> Iterator[None]:
+    """Inside the block, collectives are not recorded by any active counter.
+
+    For traffic that is not the algorithm's own: diagnostics (consensus distance)
+    and simulation-only views (an omniscient attacker gathering the honest
+    updates). Counters opened *inside* the block count as usual.
+    """
+    token = _ACTIVE.set(())
+    try:
+        yield
     finally:
         _ACTIVE.reset(token)
 

@@ -41,13 +41,14 @@ flip, 4 = unreliable (:data:`CLASSES`).
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from lgrad._validation import check_int, check_positive
+from lgrad.federated import Aggregator
 
 __all__ = [
     "CLASSES",
@@ -59,6 +60,7 @@ __all__ = [
     "kmeans2",
     "largest_gap_split",
     "precision_recall",
+    "aggregator",
 ]
 
 CLASSES = ("benign", "sign_flip", "additive_noise", "label_flip", "unreliable")
@@ -268,3 +270,31 @@ def precision_recall(flags: np.ndarray, truth: np.ndarray) -> dict[str, dict[str
             "true": real,
         }
     return out
+
+
+def aggregator(*, window: int = 3, **detect: Any) -> Aggregator:
+    """MUD-HoG as a stateful server :class:`lgrad.federated.Aggregator`: each round
+    folds the clients' changes into the histories (:func:`update`, keyword options
+    ``detect`` passed through) and returns the mean of the unflagged clients
+    (:func:`aggregate`). Metrics: ``suspect`` (n,) this round's suspect classes and
+    ``flags`` (n,) the confirmed ones. Needs every client in every round
+    (``participation=1``): the histories are per client."""
+    check_int(window, "window", minimum=1)
+    if "delays" in detect and len(detect["delays"]) != 4:
+        raise ValueError(f"delays needs 4 entries (sign, noise, targeted, unreliable), got {detect['delays']!r}")
+
+    def init_fn(n_clients, dim, dtype):
+        return init(n_clients, dim, window=window, dtype=dtype)
+
+    def update_fn(state, x, weights, clients, key):
+        del weights, key
+        if x.shape[0] != state.long.shape[0]:
+            raise ValueError(
+                f"MUD-HoG needs every client each round: got {x.shape[0]} of {state.long.shape[0]} "
+                "(use participation=1)"
+            )
+        state, suspect = update(state, x, **detect)
+        return aggregate(x, state.flags), state, {"suspect": suspect, "flags": state.flags}
+
+    return Aggregator(init_fn, update_fn)
+

@@ -1,0 +1,63 @@
+"""Federated and decentralized algorithms on the worker axis.
+
+One layer for every multi-worker algorithm (see ``docs/federated.md``):
+
+* data: :class:`ClientData`, :func:`stack_clients`, :func:`client_minibatch`,
+  :func:`sample_clients`;
+* algorithms, each a :class:`FederatedAlgorithm` ``(init, round)``:
+  :func:`worker_algorithm` (every worker steps with an optax rule whose collectives
+  communicate: data-parallel SGD, DGC, MeZO, decentralized rules) and
+  :func:`server_algorithm` (clients with :func:`local_training` or any
+  :class:`ClientUpdate`, sampling, an :class:`Aggregator`, a server optimizer);
+* decentralized rules: :func:`decentralized` with a mix -- :func:`gossip_mix`
+  (D-SGD over any graph) or :func:`neighbour_mix` (robust rules, MoNNA's NNA);
+* :func:`shard_workers` places worker-stacked inputs on a device mesh.
+"""
+from lgrad.federated._algorithm import Aggregator as Aggregator
+from lgrad.federated._algorithm import ClientUpdate as ClientUpdate
+from lgrad.federated._algorithm import FederatedAlgorithm as FederatedAlgorithm
+from lgrad.federated._algorithm import ServerState as ServerState
+from lgrad.federated._algorithm import WorkerState as WorkerState
+from lgrad.federated._algorithm import local_training as local_training
+from lgrad.federated._algorithm import mean_aggregator as mean_aggregator
+from lgrad.federated._algorithm import rule_aggregator as rule_aggregator
+from lgrad.federated._algorithm import server_algorithm as server_algorithm
+from lgrad.federated._algorithm import shard_workers as shard_workers
+from lgrad.federated._algorithm import worker_algorithm as worker_algorithm
+from lgrad.federated._data import ClientData as ClientData
+from lgrad.federated._data import client_minibatch as client_minibatch
+from lgrad.federated._data import num_sampled as num_sampled
+from lgrad.federated._data import sample_clients as sample_clients
+from lgrad.federated._data import stack_clients as stack_clients
+from lgrad.federated._decentralized import DecentralizedState as DecentralizedState
+from lgrad.federated._decentralized import Mix as Mix
+from lgrad.federated._decentralized import decentralized as decentralized
+from lgrad.federated._decentralized import gossip_mix as gossip_mix
+from lgrad.federated._decentralized import neighbour_mix as neighbour_mix
+
+__all__ = [
+    "Aggregator",
+    "ClientData",
+    "ClientUpdate",
+    "DecentralizedState",
+    "FederatedAlgorithm",
+    "Mix",
+    "ServerState",
+    "WorkerState",
+    "client_minibatch",
+    "decentralized",
+    "gossip_mix",
+    "local_training",
+    "mean_aggregator",
+    "neighbour_mix",
+    "num_sampled",
+    "rule_aggregator",
+    "sample_clients",
+    "server_algorithm",
+    "shard_workers",
+    "stack_clients",
+    "worker_algorithm",
+]
+
+# Public transformation factories (checked by the shared transform table).
+TRANSFORMS = ("decentralized",)
