@@ -229,3 +229,11 @@ def test_bytes_of_a_server_round_are_the_model_and_the_message():
     _, metrics = alg.round(alg.init(None, {"w": jnp.zeros(D), "b": jnp.zeros(2)}), data, jax.random.PRNGKey(0))
     assert float(metrics["bytes_up"]) == float(metrics["bytes_down"]) == (D + 2) * 4
     assert {"loss", "participants"} <= set(metrics)
+
+
+def test_mean_over_workers_is_data_parallel_sgd():
+    n = 4
+    grads = jax.random.normal(jax.random.PRNGKey(0), (n, 3))
+    tx = optax.chain(federated.mean_over_workers(), optax.sgd(0.5))
+    out = run_workers(lambda g: tx.update(g, tx.init(g), g)[0], grads, n_workers=n)
+    np.testing.assert_allclose(out, -0.5 * jnp.broadcast_to(grads.mean(0), (n, 3)), atol=1e-6)

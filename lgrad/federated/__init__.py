@@ -11,6 +11,7 @@ One layer for every multi-worker algorithm (see ``docs/federated.md``):
   :class:`ClientUpdate`, sampling, an :class:`Aggregator`, a server optimizer);
 * decentralized rules: :func:`decentralized` with a mix -- :func:`gossip_mix`
   (D-SGD over any graph) or :func:`neighbour_mix` (robust rules, MoNNA's NNA);
+* :func:`mean_over_workers`: the all-reduce of synchronous data-parallel training;
 * :func:`shard_workers` places worker-stacked inputs on a device mesh.
 """
 from lgrad.federated._algorithm import Aggregator as Aggregator
@@ -33,6 +34,7 @@ from lgrad.federated._decentralized import DecentralizedState as DecentralizedSt
 from lgrad.federated._decentralized import Mix as Mix
 from lgrad.federated._decentralized import decentralized as decentralized
 from lgrad.federated._decentralized import gossip_mix as gossip_mix
+from lgrad.federated._decentralized import mean_over_workers as mean_over_workers
 from lgrad.federated._decentralized import neighbour_mix as neighbour_mix
 
 __all__ = [
@@ -48,6 +50,7 @@ __all__ = [
     "decentralized",
     "gossip_mix",
     "local_training",
+    "mean_over_workers",
     "mean_aggregator",
     "neighbour_mix",
     "num_sampled",
@@ -60,4 +63,4 @@ __all__ = [
 ]
 
 # Public transformation factories (checked by the shared transform table).
-TRANSFORMS = ("decentralized",)
+TRANSFORMS = ("decentralized", "mean_over_workers")

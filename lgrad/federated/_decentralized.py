@@ -59,7 +59,7 @@ from jax.flatten_util import ravel_pytree
 
 from lgrad.distributed import comm, topology
 
-__all__ = ["DecentralizedState", "Mix", "decentralized", "gossip_mix", "neighbour_mix"]
+__all__ = ["DecentralizedState", "Mix", "decentralized", "gossip_mix", "mean_over_workers", "neighbour_mix"]
 
 Mix = Callable[[jax.Array, str], jax.Array]
 """Per-worker mixing ``mix(v, axis_name) -> v'`` of flattened half-steps."""
@@ -189,3 +189,18 @@ def decentralized(
         return new_updates, DecentralizedState(local_state)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def mean_over_workers(*, axis_name: str = comm.AXIS) -> optax.GradientTransformation:
+    r"""Average the updates over the worker axis (one counted ``comm.pmean``):
+    :math:`u \leftarrow \frac1n \sum_i u_i`. Chained before a local optimizer it is
+    synchronous data-parallel training, e.g. dense momentum SGD:
+    ``optax.chain(mean_over_workers(), optax.sgd(lr, momentum=0.9))``.
+    Runs per worker under the worker axis; ``axis_name=None`` is the identity."""
+
+    def update_fn(updates, state, params=None):
+        del params
+        return (updates if axis_name is None else comm.pmean(updates, axis_name)), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
