@@ -13,6 +13,7 @@ from lgrad.distributed import comm, run_workers
 from lgrad.optim import dgc, scale_by_dgc
 from lgrad.optim import (
     accumulate,
+    bookkeeping_error,
     clip_local_gradient,
     exchange,
     leaf_budget,
@@ -191,3 +192,55 @@ def test_k_zero_after_rounding_raises_at_init():
         warmup_density(0, final_density=0.0)
     with pytest.raises(ValueError, match="schedule"):
         warmup_density(0, schedule="linear")
+
+
+def test_inject_hyperparams_with_static_density():
+    """The call DGC's own error message recommends works (and injects the learning rate)."""
+    params = {"w": jnp.zeros(4)}
+    g = {"w": jnp.array([1.0, -3.0, 0.5, 2.0])}
+    inj = optax.inject_hyperparams(dgc, static_args=("density",))(0.1, density=0.5, axis_name=None)
+    state = inj.init(params)
+    assert set(state.hyperparams) == {"learning_rate", "momentum", "seed"}
+    upd, state = jax.jit(inj.update)(g, state)
+    np.testing.assert_allclose(upd["w"], [0.0, 0.3, 0.0, -0.2], rtol=1e-6)
+    with pytest.raises(ValueError, match="static_args"):
+        optax.inject_hyperparams(dgc)(0.1, density=0.5, axis_name=None).init(params)
+    with pytest.raises(ValueError, match="sample_fraction"):  # set explicitly: static too
+        optax.inject_hyperparams(dgc, static_args=("density",))(0.1, 0.5, sample_fraction=0.1).init(params)
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_track_bookkeeping(n):
+    """state.bookkeeping: own sent + new residual == accumulated, without changing the numerics."""
+    params = {"w": jnp.zeros((40, 30)), "b": jnp.zeros((7,))}
+    rng = np.random.default_rng(5)
+    grads = [jax.tree.map(lambda p: jnp.asarray(rng.normal(size=(n,) + p.shape), jnp.float32), params)
+             for _ in range(3)]
+    out = {}
+    for track in (False, True):
+        tx = scale_by_dgc(0.05, min_compress_size=10, track_bookkeeping=track)
+        s = jax.vmap(tx.init)(jax.tree.map(lambda p: jnp.stack([p] * n), params))
+        for g in grads:
+            u, s = run_workers(tx.update, g, s, n_workers=n)
+        out[track] = (u, s)
+    (u0, s0), (u1, s1) = out[False], out[True]
+    for k in params:
+        np.testing.assert_array_equal(u0[k], u1[k])
+        np.testing.assert_array_equal(s0.residual[k], s1.residual[k])
+    assert np.all(np.asarray(s0.bookkeeping) == 0)
+    book = np.asarray(s1.bookkeeping)
+    assert book.shape == (n,) and book.dtype == np.float32 and np.all(book <= 1e-6)
+    # the helper on its own: a corrupted residual is caught
+    g0 = jax.tree.map(lambda a: a[0], grads[0])
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    st_ = local_step(g0, zeros, zeros, density=0.05, min_compress_size=10)
+    assert float(bookkeeping_error(st_, params)) <= 1e-6
+    bad = st_._replace(v={"w": st_.v["w"] + 0.5, "b": st_.v["b"]})
+    np.testing.assert_allclose(float(bookkeeping_error(bad, params)), 0.5, rtol=1e-6)
+
+
+def test_default_axis_is_workers():
+    import inspect
+
+    for f in (dgc, scale_by_dgc, exchange):
+        assert inspect.signature(f).parameters["axis_name"].default == comm.AXIS

@@ -10,13 +10,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lgrad.distributed import comm, run_workers
-from lgrad.optim import mezo
 from lgrad.optim import (
     INVALID_CODE,
+    mezo,
     one_byte_decode,
     one_byte_encode,
     perturb,
     sample_key,
+    scale_by_mezo,
     spsa_gradient,
     spsa_projected_gradient,
 )
@@ -53,7 +54,7 @@ def test_spsa_mean_points_along_gradient():
 
 
 def test_single_worker_converges():
-    tx = mezo(0.05)
+    tx = mezo(0.05, axis_name=None)
     p, s = P0, tx.init(P0)
     upd = jax.jit(lambda s, p: tx.update(None, s, p, loss_fn=quad))
     for _ in range(400):
@@ -99,12 +100,12 @@ def test_replicas_bitwise_identical_and_bytes(codec, backend, n):
         assert all(a[i].tobytes() == a[0].tobytes() for i in range(len(a)))
         assert not np.array_equal(a[0], np.asarray(P0[k]))  # it did move
     assert sent == (2 if codec == "one_byte" else 8)  # 2 samples: 1 byte (or 4) each
-    assert int(np.asarray(s.skipped).max()) == 0
+    assert int(np.asarray(s[0].skipped).max()) == 0
 
 
 def test_nan_loss_skips_step_on_every_replica():
     p, s, _, hist = _distributed("one_byte", "vmap", steps=4, nan_at=2)
-    assert np.asarray(s.skipped).tolist() == [1, 1, 1, 1]
+    assert np.asarray(s[0].skipped).tolist() == [1, 1, 1, 1]
     for k in P0:
         before, after = np.asarray(hist[1][k]), np.asarray(hist[2][k])
         np.testing.assert_array_equal(before, after)  # step 2 applied nothing
@@ -157,6 +158,55 @@ def test_bad_arguments(bad):
 
 
 def test_update_needs_loss_fn():
-    tx = mezo(0.1)
+    tx = mezo(0.1, axis_name=None)
     with pytest.raises(ValueError, match="loss_fn"):
         tx.update(None, tx.init(P0), P0)
+
+
+def test_mezo_is_scale_by_mezo_then_learning_rate():
+    """mezo(lr) == chain(scale_by_mezo, -lr); scale_by_mezo returns the (positive) SPSA estimate."""
+    kw = dict(eps=1e-3, num_samples=3, weight_decay=0.01, axis_name=None)
+    tx, rule = mezo(0.05, **kw), scale_by_mezo(**kw)
+    s1, s2 = tx.init(P0), rule.init(P0)
+    u1, s1 = tx.update(None, s1, P0, loss_fn=quad)
+    g, s2 = rule.update(None, s2, P0, loss_fn=quad)
+    for k in P0:
+        np.testing.assert_allclose(u1[k], -0.05 * g[k], rtol=1e-6)
+    # the estimate is the mean of pg_s z_s plus the decay: S = 3 samples of worker 0 at step 0
+    zero = jax.tree.map(jnp.zeros_like, P0)
+    keys = [sample_key(jax.random.PRNGKey(0), 0, 0, s) for s in range(3)]
+    want = {k: 0.01 * P0[k] for k in P0}
+    for key in keys:
+        pg = spsa_projected_gradient(quad, P0, key, 1e-3)
+        z = perturb(zero, key, 1.0)
+        want = {k: want[k] + pg * z[k] / 3 for k in P0}
+    for k in P0:
+        np.testing.assert_allclose(g[k], want[k], rtol=1e-5, atol=1e-7)
+    assert int(s1[0].count) == 1 and s1[0].projected_grads.shape == (3,)
+
+
+def test_inject_hyperparams_with_static_num_samples():
+    kw = dict(eps=1e-3, num_samples=2, codec="one_byte", axis_name=None)
+    inj = optax.inject_hyperparams(mezo, static_args=("num_samples",))(0.05, **kw)
+    direct = mezo(0.05, **kw)
+    si, sd = inj.init(P0), direct.init(P0)
+    assert set(si.hyperparams) == {"learning_rate", "eps", "weight_decay", "seed", "codec_scale"}
+    step_i = jax.jit(lambda s, p: inj.update(None, s, p, loss_fn=quad))
+    step_d = jax.jit(lambda s, p: direct.update(None, s, p, loss_fn=quad))
+    pi = pd = P0
+    for _ in range(3):
+        ui, si = step_i(si, pi)
+        ud, sd = step_d(sd, pd)
+        pi, pd = optax.apply_updates(pi, ui), optax.apply_updates(pd, ud)
+    for k in P0:
+        np.testing.assert_allclose(pi[k], pd[k], rtol=1e-6, atol=1e-7)
+    # forgetting the static argument is refused in one line that names the fix
+    with pytest.raises(ValueError, match="static_args=\\('num_samples',\\)"):
+        optax.inject_hyperparams(mezo)(0.05, **kw).init(P0)
+
+
+def test_default_axis_is_workers():
+    import inspect
+
+    for f in (mezo, scale_by_mezo):
+        assert inspect.signature(f).parameters["axis_name"].default == comm.AXIS

@@ -7,6 +7,7 @@ from lgrad.optim._dgc import DGCState as DGCState
 from lgrad.optim._dgc import LocalStep as LocalStep
 from lgrad.optim._dgc import SparseMessage as SparseMessage
 from lgrad.optim._dgc import accumulate as accumulate
+from lgrad.optim._dgc import bookkeeping_error as bookkeeping_error
 from lgrad.optim._dgc import clip_local_gradient as clip_local_gradient
 from lgrad.optim._dgc import dgc as dgc
 from lgrad.optim._dgc import exchange as exchange
@@ -25,12 +26,13 @@ from lgrad.optim._zeroth_order import mezo as mezo
 from lgrad.optim._zeroth_order import one_byte_decode as one_byte_decode
 from lgrad.optim._zeroth_order import one_byte_encode as one_byte_encode
 from lgrad.optim._zeroth_order import perturb as perturb
+from lgrad.optim._zeroth_order import scale_by_mezo as scale_by_mezo
 from lgrad.optim._zeroth_order import sample_key as sample_key
 from lgrad.optim._zeroth_order import spsa_gradient as spsa_gradient
 from lgrad.optim._zeroth_order import spsa_projected_gradient as spsa_projected_gradient
 
 #: Every public transform factory of this package (returns an optax transform).
-TRANSFORMS = ("diffgrad", "scale_by_diffgrad", "dgc", "scale_by_dgc", "mezo")
+TRANSFORMS = ("diffgrad", "scale_by_diffgrad", "dgc", "scale_by_dgc", "mezo", "scale_by_mezo")
 
 __all__ = [
     # diffGrad
@@ -42,6 +44,7 @@ __all__ = [
     "LocalStep",
     "SparseMessage",
     "accumulate",
+    "bookkeeping_error",
     "clip_local_gradient",
     "dgc",
     "exchange",
@@ -58,6 +61,7 @@ __all__ = [
     "one_byte_decode",
     "one_byte_encode",
     "perturb",
+    "scale_by_mezo",
     "sample_key",
     "spsa_gradient",
     "spsa_projected_gradient",

@@ -55,6 +55,7 @@ __all__ = [
     "exchange",
     "warmup_density",
     "warmup_phases",
+    "bookkeeping_error",
     "scale_by_dgc",
     "dgc",
 ]
@@ -365,6 +366,13 @@ def warmup_phases(
 
 
 # ----------------------------------------------------------------------------- optax transforms
+# Arguments of :func:`dgc` / :func:`scale_by_dgc` that fix static shapes: under
+# ``optax.inject_hyperparams`` each one passed as a number must be in ``static_args``.
+_STATIC_ARGS = ("density", "sample_fraction", "max_send_factor", "min_compress_size")
+_DEFAULT_SAMPLE_FRACTION = 0.01
+_DEFAULT_MAX_SEND_FACTOR = 1.3
+
+
 class DGCState(NamedTuple):
     """Per-worker state of :func:`scale_by_dgc` (independent of the density)."""
 
@@ -373,23 +381,57 @@ class DGCState(NamedTuple):
     residual: optax.Updates  # v (the local accumulation not yet sent)
     sent: chex.Array  # int32 (num_leaves,): entries sent per leaf at the last step
     estimated: chex.Array  # int32 (num_leaves,): entries over the threshold at the last step
+    bookkeeping: chex.Array  # float32: max |own sent + new residual - accumulated| at the last step (0: untracked)
 
 
-def _check(density, momentum, clip_norm, sample_fraction, max_send_factor, threshold):
+def _static_number(value: Any, name: str, default: float) -> float:
+    """``default`` for None; otherwise ``value``, which must be concrete (it fixes shapes)."""
+    if value is None:
+        return default
+    if not is_concrete_number(value):
+        raise ValueError(
+            f"{name} must be a concrete Python number (it fixes static message sizes), got {value!r}; "
+            f"with optax.inject_hyperparams pass static_args={_STATIC_ARGS!r}"
+        )
+    return value
+
+
+def _resolve(density, momentum, clip_norm, sample_fraction, max_send_factor, min_compress_size, threshold):
+    """Validate the arguments; return ``(sample_fraction, max_send_factor, min_compress_size)``."""
     if not is_concrete_number(density):
         raise ValueError(
-            "density must be a concrete Python number (it fixes static message sizes); "
+            f"density must be a concrete Python number in (0, 1] (it fixes static message sizes), got {density!r}; "
             "with optax.inject_hyperparams pass static_args=('density',)"
         )
     check_in_interval(density, "density", 0.0, 1.0, low_closed=False, high_closed=True)
     check_in_interval(momentum, "momentum", 0.0, 1.0)
     if clip_norm is not None:
         check_positive(clip_norm, "clip_norm")
+    sample_fraction = _static_number(sample_fraction, "sample_fraction", _DEFAULT_SAMPLE_FRACTION)
     check_in_interval(sample_fraction, "sample_fraction", 0.0, 1.0, low_closed=False, high_closed=True)
-    if is_concrete_number(max_send_factor) and float(max_send_factor) < 1.0:
-        raise ValueError(f"max_send_factor must be >= 1, got {max_send_factor!r}")
+    max_send_factor = _static_number(max_send_factor, "max_send_factor", _DEFAULT_MAX_SEND_FACTOR)
+    if not math.isfinite(float(max_send_factor)) or float(max_send_factor) < 1.0:
+        raise ValueError(f"max_send_factor must be a finite number >= 1, got {max_send_factor!r}")
+    min_compress_size = _static_number(min_compress_size, "min_compress_size", 0)
+    if not isinstance(min_compress_size, (int, np.integer)) or isinstance(min_compress_size, bool) or min_compress_size < 0:
+        raise ValueError(f"min_compress_size must be an integer >= 0, got {min_compress_size!r}")
     if threshold not in _THRESHOLDS:
         raise ValueError(f"threshold must be one of {_THRESHOLDS}, got {threshold!r}")
+    return float(sample_fraction), float(max_send_factor), int(min_compress_size)
+
+
+def bookkeeping_error(step: LocalStep, like: Any) -> jax.Array:
+    r"""Largest :math:`|s_w + v' - (v + u')|` over every entry of every leaf (float32).
+
+    :math:`s_w` is this worker's own sent tensor (its message scattered, no exchange),
+    :math:`v'` the new residual and :math:`v + u'` the accumulation before masking:
+    DGC neither loses nor duplicates gradient mass when this is 0 (to rounding)."""
+    own = exchange(step, like, axis_name=None)
+    errs = [
+        jnp.max(jnp.abs(o.astype(jnp.float32) + r.astype(jnp.float32) - a.astype(jnp.float32)), initial=0.0)
+        for o, r, a in zip(jax.tree.leaves(own), jax.tree.leaves(step.v), jax.tree.leaves(step.accumulated))
+    ]
+    return jnp.max(jnp.stack(errs), initial=0.0) if errs else jnp.zeros([], jnp.float32)
 
 
 def scale_by_dgc(
@@ -400,10 +442,11 @@ def scale_by_dgc(
     momentum_masking: bool = True,
     clip_norm: float | None = None,
     threshold: str = "sampled",
-    sample_fraction: float = 0.01,
-    max_send_factor: float = 1.3,
-    min_compress_size: int = 0,
+    sample_fraction: float | None = None,
+    max_send_factor: float | None = None,
+    min_compress_size: int | None = None,
     seed: int = 0,
+    track_bookkeeping: bool = False,
     axis_name: str | None = comm.AXIS,
 ) -> optax.GradientTransformation:
     r"""DGC's per-worker rule plus the exchange; returns the aggregated (positive) update.
@@ -422,10 +465,16 @@ def scale_by_dgc(
     ``G`` is returned; chain with ``optax.scale_by_learning_rate`` (see :func:`dgc`).
 
     **The update must run under the worker axis** ``axis_name`` (default
-    ``"workers"``): inside :func:`lgrad.distributed.run_workers` or a program made by
+    ``"workers"``, :data:`lgrad.distributed.comm.AXIS`): inside
+    :func:`lgrad.distributed.run_workers` or a program made by
     :func:`lgrad.distributed.make_program`, each worker holding its own state (the
     residual stays local). ``axis_name=None`` gives the single-worker rule (no
     exchange: ``G`` is the worker's own sent tensor).
+
+    ``optax.inject_hyperparams``: ``density`` fixes static shapes, so pass
+    ``static_args=("density",)``, plus ``"sample_fraction"``, ``"max_send_factor"``
+    and ``"min_compress_size"`` when you set them ;
+    ``momentum``, ``clip_norm`` and ``seed`` may be injected.
 
     Args:
       density: fraction of each leaf's entries sent, in (0, 1]; must be a concrete
@@ -436,12 +485,17 @@ def scale_by_dgc(
       momentum_masking: zero :math:`u` at sent entries (Section 3.3).
       clip_norm: local gradient clipping threshold before the :math:`n^{-1/2}` scale.
       threshold: ``"sampled"`` (default) or ``"exact"`` (``lax.top_k``).
-      sample_fraction: fraction of entries sampled for the threshold estimate.
-      max_send_factor: the refinement's upper bound (1.3): message capacity
-        ``max(k, floor(1.3 k))`` values + int32 indices.
-      min_compress_size: leaves with fewer entries are sent dense (with ``pmean``).
+      sample_fraction: fraction of entries sampled for the threshold estimate, in
+        (0, 1]; None: 0.01.
+      max_send_factor: the refinement's upper bound, >= 1; None: 1.3 (message
+        capacity ``max(k, floor(1.3 k))`` values + int32 indices).
+      min_compress_size: leaves with fewer entries are sent dense (with ``pmean``);
+        None: 0.
       seed: seeds the threshold sampling (folded with the step and the worker index).
-      axis_name: the worker axis, or None for a single worker.
+      track_bookkeeping: record in ``state.bookkeeping`` the largest
+        :math:`|s_w + v' - (v + u')|` of the step (see :func:`bookkeeping_error`);
+        off by default (it costs one scatter per compressed leaf).
+      axis_name: the worker axis (default ``"workers"``), or None for a single worker.
 
     Example:
       >>> import jax, jax.numpy as jnp, optax
@@ -455,9 +509,9 @@ def scale_by_dgc(
       >>> upd["w"].shape  # one (identical) aggregated update per worker
       (2, 4, 8)
     """
-    _check(density, momentum, clip_norm, sample_fraction, max_send_factor, threshold)
-    if not isinstance(min_compress_size, (int, np.integer)) or min_compress_size < 0:
-        raise ValueError(f"min_compress_size must be an integer >= 0, got {min_compress_size!r}")
+    sample_fraction, max_send_factor, min_compress_size = _resolve(
+        density, momentum, clip_norm, sample_fraction, max_send_factor, min_compress_size, threshold
+    )
 
     def init_fn(params):
         _plan(params, density, min_compress_size, threshold, max_send_factor)  # validates k > 0
@@ -469,6 +523,7 @@ def scale_by_dgc(
             residual=zeros(),
             sent=jnp.zeros((n_leaves,), jnp.int32),
             estimated=jnp.zeros((n_leaves,), jnp.int32),
+            bookkeeping=jnp.zeros([], jnp.float32),
         )
 
     def update_fn(updates, state, params=None):
@@ -489,7 +544,8 @@ def scale_by_dgc(
         sizes = [int(np.prod(np.shape(x), dtype=np.int64)) for x in jax.tree.leaves(updates)]
         sent = jnp.stack([m.count if m is not None else jnp.asarray(s, jnp.int32) for m, s in zip(step.messages, sizes)])
         est = jnp.stack([m.estimated if m is not None else jnp.asarray(s, jnp.int32) for m, s in zip(step.messages, sizes)])
-        return agg, DGCState(optax.safe_increment(state.count), step.u, step.v, sent, est)
+        book = bookkeeping_error(step, updates) if track_bookkeeping else jnp.zeros([], jnp.float32)
+        return agg, DGCState(optax.safe_increment(state.count), step.u, step.v, sent, est, book)
 
     return optax.GradientTransformation(init_fn, update_fn)
 
@@ -497,16 +553,32 @@ def scale_by_dgc(
 def dgc(
     learning_rate: optax.ScalarOrSchedule,
     density: float = 0.001,
-    **kwargs: Any,
+    *,
+    momentum: float = 0.9,
+    nesterov: bool = False,
+    momentum_masking: bool = True,
+    clip_norm: float | None = None,
+    threshold: str = "sampled",
+    sample_fraction: float | None = None,
+    max_send_factor: float | None = None,
+    min_compress_size: int | None = None,
+    seed: int = 0,
+    track_bookkeeping: bool = False,
+    axis_name: str | None = comm.AXIS,
 ) -> optax.GradientTransformation:
     r"""DGC distributed momentum SGD: :func:`scale_by_dgc` then :math:`-\eta`.
 
     .. math::  \theta \leftarrow \theta - \eta\, G_t
 
     with :math:`G_t` the aggregated sparse update of :func:`scale_by_dgc` (the
-    momentum lives in the accumulation, Lin et al. 2018 Eq. 7). Keyword arguments go
-    to :func:`scale_by_dgc`. The update must run under the ``"workers"`` axis unless
-    ``axis_name=None``.
+    momentum lives in the accumulation, Lin et al. 2018 Eq. 7). Every other argument
+    is :func:`scale_by_dgc`'s. The update must run under the ``"workers"`` axis
+    unless ``axis_name=None``. The state is ``(DGCState, <learning-rate state>)``.
+
+    ``optax.inject_hyperparams(dgc, static_args=("density",))`` injects
+    ``learning_rate``, ``momentum``, ``clip_norm`` and ``seed``; also name
+    ``sample_fraction``, ``max_send_factor`` and ``min_compress_size`` in
+    ``static_args`` when you set them (they fix static shapes).
 
     Example:
       >>> import jax.numpy as jnp, optax
@@ -518,4 +590,9 @@ def dgc(
       Array([-0. ,  0.3, -0. , -0.2], dtype=float32)
     """
     check_learning_rate(learning_rate)
-    return optax.chain(scale_by_dgc(density, **kwargs), optax.scale_by_learning_rate(learning_rate))
+    rule = scale_by_dgc(
+        density, momentum=momentum, nesterov=nesterov, momentum_masking=momentum_masking, clip_norm=clip_norm,
+        threshold=threshold, sample_fraction=sample_fraction, max_send_factor=max_send_factor,
+        min_compress_size=min_compress_size, seed=seed, track_bookkeeping=track_bookkeeping, axis_name=axis_name,
+    )
+    return optax.chain(rule, optax.scale_by_learning_rate(learning_rate))

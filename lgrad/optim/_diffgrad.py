@@ -34,6 +34,17 @@ def _friction(prev_grad: jax.Array, grad: jax.Array) -> jax.Array:
     return jax.nn.sigmoid(jnp.abs(prev_grad - grad))
 
 
+def _check_state_dtype(state_dtype: Any) -> None:
+    if state_dtype is None:
+        return
+    try:
+        dt = jnp.dtype(state_dtype)
+    except TypeError:
+        dt = None
+    if dt is None or not jnp.issubdtype(dt, jnp.floating):
+        raise ValueError(f"state_dtype must be None or a floating dtype (e.g. 'bfloat16'), got {state_dtype!r}")
+
+
 def scale_by_diffgrad(
     b1: float = 0.9,
     b2: float = 0.999,
@@ -72,6 +83,9 @@ def scale_by_diffgrad(
         each parameter's own dtype). Arithmetic is always done in at least float32,
         and the returned updates keep the incoming updates' dtype.
 
+    ``optax.inject_hyperparams(scale_by_diffgrad)`` needs no ``static_args``, except
+    ``static_args=("state_dtype",)`` for a dtype object (see :func:`diffgrad`).
+
     Returns:
       An ``optax.GradientTransformation``.
 
@@ -86,6 +100,7 @@ def scale_by_diffgrad(
     check_in_interval(b1, "b1", 0.0, 1.0)
     check_in_interval(b2, "b2", 0.0, 1.0)
     check_positive(eps, "eps")
+    _check_state_dtype(state_dtype)
 
     def init_fn(params: optax.Params) -> ScaleByDiffGradState:
         zeros = lambda: jax.tree.map(lambda p: jnp.zeros_like(p, dtype=state_dtype), params)  # noqa: E731
@@ -138,6 +153,7 @@ def diffgrad(
     weight_decay: float = 0.0,
     *,
     constant_friction: bool = False,
+    state_dtype: Any = None,
 ) -> optax.GradientTransformation:
     r"""The diffGrad optimizer (Dubey et al. 2019, Algorithm 1).
 
@@ -158,6 +174,14 @@ def diffgrad(
       weight_decay: L2 coefficient :math:`\lambda >= 0` added to the gradient.
       constant_friction: :math:`\xi \equiv 0.5` (authors' first code), see
         :func:`scale_by_diffgrad`.
+      state_dtype: dtype of the moments and the stored previous gradient (default:
+        each parameter's own), see :func:`scale_by_diffgrad`.
+
+    ``optax.inject_hyperparams(diffgrad)`` needs no ``static_args`` (it injects
+    ``learning_rate``, ``b1``, ``b2``, ``eps`` and ``weight_decay``), except
+    ``static_args=("state_dtype",)`` when ``state_dtype`` is a dtype object such as
+    ``jnp.bfloat16`` (callable, it would be taken for a schedule); a dtype *name*
+    (``"bfloat16"``) needs nothing.
 
     Example:
       >>> import jax, jax.numpy as jnp, optax
@@ -177,6 +201,6 @@ def diffgrad(
     parts: list[Any] = []
     if not (isinstance(weight_decay, (int, float)) and weight_decay == 0):
         parts.append(optax.add_decayed_weights(weight_decay))
-    parts.append(scale_by_diffgrad(b1, b2, eps, constant_friction=constant_friction))
+    parts.append(scale_by_diffgrad(b1, b2, eps, constant_friction=constant_friction, state_dtype=state_dtype))
     parts.append(optax.scale_by_learning_rate(learning_rate))
     return optax.chain(*parts)

@@ -25,6 +25,7 @@ fixed order (m, then s), so replicas stay bitwise identical.
 """
 from __future__ import annotations
 
+import numbers
 from typing import Any, Callable, NamedTuple
 
 import chex
@@ -43,6 +44,7 @@ __all__ = [
     "spsa_gradient",
     "one_byte_encode",
     "one_byte_decode",
+    "scale_by_mezo",
     "mezo",
 ]
 
@@ -123,25 +125,57 @@ def one_byte_decode(code: jax.Array, *, scale: float = 1.0, levels_per_e: float 
 
 
 class MeZOState(NamedTuple):
-    """State of :func:`mezo` (identical on every worker)."""
+    """State of :func:`scale_by_mezo` (identical on every worker)."""
 
     count: chex.Array  # int32: steps attempted
     skipped: chex.Array  # int32: steps skipped because some projected gradient was not finite
     projected_grads: chex.Array  # float32 (num_samples,): this worker's last projected gradients (as sent)
 
 
-def mezo(
-    learning_rate: optax.ScalarOrSchedule = 1e-6,
+def _check_mezo(eps, weight_decay, num_samples, codec, codec_scale) -> None:
+    check_positive(eps, "eps")
+    check_nonnegative(weight_decay, "weight_decay")
+    if not isinstance(num_samples, bool) and isinstance(num_samples, numbers.Integral):
+        check_int(num_samples, "num_samples", minimum=1)
+    else:
+        raise ValueError(
+            f"num_samples must be a Python integer >= 1 (it fixes the message size), got {num_samples!r}; "
+            "with optax.inject_hyperparams pass static_args=('num_samples',)"
+        )
+    check_positive(codec_scale, "codec_scale")
+    if codec not in _CODECS:
+        raise ValueError(f"codec must be one of {_CODECS}, got {codec!r}")
+
+
+def _gathered_projected_grads(loss_fn, params, base, t, *, eps, num_samples, codec, codec_scale, axis_name):
+    """This worker's S projected gradients (as sent) and every worker's, decoded, in
+    the order (m, s): ``(own (S,), all (n*S,), n)``."""
+    me = 0 if axis_name is None else comm.axis_index(axis_name)
+    pgs = jnp.stack(
+        [spsa_projected_gradient(loss_fn, params, sample_key(base, t, me, s), eps) for s in range(num_samples)]
+    )
+    msg = one_byte_encode(pgs, scale=codec_scale) if codec == "one_byte" else pgs
+    if axis_name is not None:
+        msg = comm.all_gather(msg, axis_name)  # (n, S)
+        n = comm.axis_size(axis_name)
+    else:
+        msg, n = msg[None], 1
+    decoded = one_byte_decode(msg, scale=codec_scale) if codec == "one_byte" else msg
+    own = one_byte_decode(one_byte_encode(pgs, scale=codec_scale), scale=codec_scale) if codec == "one_byte" else pgs
+    return own, decoded.reshape(-1).astype(jnp.float32), n
+
+
+def scale_by_mezo(
     *,
     eps: float = 1e-3,
     weight_decay: float = 0.0,
     num_samples: int = 1,
     seed: int = 0,
-    axis_name: str | None = None,
     codec: str = "float",
     codec_scale: float = 1.0,
+    axis_name: str | None = comm.AXIS,
 ) -> optax.GradientTransformationExtraArgs:
-    r"""MeZO / shared-randomness SPSA as an ``optax.GradientTransformationExtraArgs``.
+    r"""The shared-randomness SPSA gradient estimate (MeZO without its learning rate).
 
     ``update(updates, state, params, *, loss_fn)``: ``updates`` is ignored (pass None or
     anything: no gradient is computed); ``loss_fn(params) -> scalar`` is this worker's
@@ -149,58 +183,44 @@ def mezo(
     ``num_samples`` = :math:`S` projected gradients with keys
     :func:`sample_key` ``(PRNGKey(seed), t, m, s)``, the scalars are all-gathered
     (``codec="one_byte"``: one int8 each, so S bytes per worker per step), and every
-    worker returns the same update
+    worker returns the same estimate
 
     .. math::
 
-        \Delta\theta = -\frac{\eta}{nS}\sum_{m=0}^{n-1}\sum_{s=0}^{S-1}
-            \widehat{pg}_{m,s}\, z(\text{key}_{t,m,s}) \;-\; \eta\lambda\theta,
+        \hat g = \frac{1}{nS}\sum_{m=0}^{n-1}\sum_{s=0}^{S-1}
+            \widehat{pg}_{m,s}\, z(\text{key}_{t,m,s}) \;+\; \lambda\theta,
 
     accumulated sequentially in the order (m, s) with each z regenerated from its key
-    (never stored; memory is that of inference plus one perturbed copy of the
-    parameters: the paper's in-place ``theta += eps z`` trick is what XLA's buffer
-    reuse does for a functional program).
+    (never stored; Malladi et al. 2023, Algorithm 1; Zelikman et al. 2023 for the
+    shared seeds and the one-byte code). Chain with ``optax.scale_by_learning_rate``
+    (see :func:`mezo`).
 
     **Non-finite losses**: if any gathered projected gradient is NaN/inf (every worker
     sees the same gathered scalars, so all decide alike) the step is skipped: the
-    update is zero and ``state.skipped`` is incremented (``state.projected_grads`` holds
-    each worker's own last scalars, so the offending worker can be identified). Replicas are never
-    corrupted silently; check ``state.skipped``.
+    estimate is zero and ``state.skipped`` is incremented (``state.projected_grads``
+    holds each worker's own last scalars, so the offending worker can be identified).
+
+    **The update must run under the worker axis** ``axis_name`` (default
+    ``"workers"``, :data:`lgrad.distributed.comm.AXIS`): inside
+    :func:`lgrad.distributed.run_workers` / ``make_program``; ``axis_name=None``: one
+    worker.
+
+    ``optax.inject_hyperparams``: ``num_samples`` fixes the message size, so pass
+    ``static_args=("num_samples",)`` (``codec`` and ``axis_name`` are strings, static
+    anyway); ``eps``, ``weight_decay``, ``seed`` and ``codec_scale`` may be injected.
 
     Args:
-      learning_rate: :math:`\eta` (number or schedule of the step count).
       eps: perturbation scale :math:`\epsilon > 0` (MeZO default 1e-3).
       weight_decay: :math:`\lambda \ge 0`.
-      num_samples: perturbations per worker per step, S >= 1.
+      num_samples: perturbations per worker per step, S >= 1 (a Python integer).
       seed: the shared seed (all workers must use the same).
-      axis_name: the worker axis (e.g. ``"workers"``): the update must then run inside
-        :func:`lgrad.distributed.run_workers` / ``make_program``; None: one worker.
       codec: ``"float"`` (4 bytes per scalar) or ``"one_byte"`` (int8, see
         :func:`one_byte_encode`).
       codec_scale: the scale of the 1-byte code (magnitudes it covers: scale *
         [0.02, 51]).
-
-    Example:
-      >>> import jax, jax.numpy as jnp, optax
-      >>> from lgrad.optim import mezo
-      >>> loss = lambda p: jnp.sum((p["w"] - 1.0) ** 2)
-      >>> tx = mezo(0.05, eps=1e-3)
-      >>> params = {"w": jnp.zeros(4)}
-      >>> state = tx.init(params)
-      >>> step = jax.jit(lambda s, p: tx.update(None, s, p, loss_fn=loss))
-      >>> for _ in range(300):
-      ...     upd, state = step(state, params)
-      ...     params = optax.apply_updates(params, upd)
-      >>> bool(loss(params) < 1e-2)
-      True
+      axis_name: the worker axis (default ``"workers"``), or None for one worker.
     """
-    check_learning_rate(learning_rate)
-    check_positive(eps, "eps")
-    check_nonnegative(weight_decay, "weight_decay")
-    check_int(num_samples, "num_samples", minimum=1)
-    check_positive(codec_scale, "codec_scale")
-    if codec not in _CODECS:
-        raise ValueError(f"codec must be one of {_CODECS}, got {codec!r}")
+    _check_mezo(eps, weight_decay, num_samples, codec, codec_scale)
 
     def init_fn(params):
         del params
@@ -216,43 +236,78 @@ def mezo(
             raise ValueError("mezo's update needs params and the keyword argument loss_fn")
         base = jax.random.PRNGKey(seed)
         t = state.count
-        me = 0 if axis_name is None else comm.axis_index(axis_name)
-        pgs = jnp.stack(
-            [spsa_projected_gradient(loss_fn, params, sample_key(base, t, me, s), eps) for s in range(num_samples)]
+        own, pgs, n = _gathered_projected_grads(
+            loss_fn, params, base, t, eps=eps, num_samples=num_samples, codec=codec, codec_scale=codec_scale,
+            axis_name=axis_name,
         )
-        if codec == "one_byte":
-            msg = one_byte_encode(pgs, scale=codec_scale)
-        else:
-            msg = pgs
-        if axis_name is not None:
-            msg = comm.all_gather(msg, axis_name)  # (n, S)
-            n = comm.axis_size(axis_name)
-        else:
-            msg = msg[None]
-            n = 1
-        decoded = one_byte_decode(msg, scale=codec_scale) if codec == "one_byte" else msg
-        decoded = decoded.reshape(-1).astype(jnp.float32)  # order (m, s)
-        ok = jnp.all(jnp.isfinite(decoded))
-        lr = learning_rate(t) if callable(learning_rate) else learning_rate
-        coef = jnp.where(ok, -jnp.asarray(lr, jnp.float32) / (n * num_samples) * decoded, 0.0)
+        ok = jnp.all(jnp.isfinite(pgs))
+        coef = jnp.where(ok, pgs / (n * num_samples), 0.0)
 
-        def add(j, delta):
+        def add(j, est):
             m, s = j // num_samples, j % num_samples
-            # perturb(delta, key, c) = delta + c z(key): the regenerated z, applied in order.
-            return perturb(delta, sample_key(base, t, m, s), coef[j])
+            # perturb(est, key, c) = est + c z(key): the regenerated z, applied in order.
+            return perturb(est, sample_key(base, t, m, s), coef[j])
 
-        delta = jax.tree.map(jnp.zeros_like, params)
-        delta = jax.lax.fori_loop(0, n * num_samples, add, delta)
+        est = jax.lax.fori_loop(0, n * num_samples, add, jax.tree.map(jnp.zeros_like, params))
         if not (isinstance(weight_decay, (int, float)) and weight_decay == 0):
-            wd = jnp.where(ok, jnp.asarray(lr, jnp.float32) * weight_decay, 0.0)
-            delta = jax.tree.map(lambda d, p: d - wd.astype(p.dtype) * p, delta, params)
+            wd = jnp.where(ok, jnp.asarray(weight_decay, jnp.float32), 0.0)
+            est = jax.tree.map(lambda e, p: e + wd.astype(p.dtype) * p, est, params)
         new_state = MeZOState(
-            count=optax.safe_increment(t),
-            skipped=state.skipped + (~ok).astype(jnp.int32),
-            projected_grads=one_byte_decode(one_byte_encode(pgs, scale=codec_scale), scale=codec_scale)
-            if codec == "one_byte"
-            else pgs,
+            count=optax.safe_increment(t), skipped=state.skipped + (~ok).astype(jnp.int32), projected_grads=own
         )
-        return delta, new_state
+        return est, new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def mezo(
+    learning_rate: optax.ScalarOrSchedule = 1e-6,
+    *,
+    eps: float = 1e-3,
+    weight_decay: float = 0.0,
+    num_samples: int = 1,
+    seed: int = 0,
+    codec: str = "float",
+    codec_scale: float = 1.0,
+    axis_name: str | None = comm.AXIS,
+) -> optax.GradientTransformationExtraArgs:
+    r"""MeZO / shared-randomness SPSA: :func:`scale_by_mezo` then :math:`-\eta`.
+
+    .. math::
+
+        \Delta\theta = -\eta\Big(\frac{1}{nS}\sum_{m=0}^{n-1}\sum_{s=0}^{S-1}
+            \widehat{pg}_{m,s}\, z(\text{key}_{t,m,s}) + \lambda\theta\Big)
+
+    (Malladi et al. 2023, Algorithm 1; Zelikman et al. 2023). An
+    ``optax.GradientTransformationExtraArgs``: call
+    ``update(updates, state, params, loss_fn=...)``; ``updates`` is ignored. The
+    state is ``(MeZOState, <learning-rate state>)``: ``state[0].skipped`` counts the
+    skipped non-finite steps. Memory is that of inference plus one perturbed copy of
+    the parameters (the paper's in-place ``theta += eps z`` trick is what XLA's
+    buffer reuse does for a functional program). Every other argument is
+    :func:`scale_by_mezo`'s; the update must run under the ``"workers"`` axis
+    unless ``axis_name=None``.
+
+    ``optax.inject_hyperparams(mezo, static_args=("num_samples",))`` injects
+    ``learning_rate``, ``eps``, ``weight_decay``, ``seed`` and ``codec_scale``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax
+      >>> from lgrad.optim import mezo
+      >>> loss = lambda p: jnp.sum((p["w"] - 1.0) ** 2)
+      >>> tx = mezo(0.05, eps=1e-3, axis_name=None)   # one worker
+      >>> params = {"w": jnp.zeros(4)}
+      >>> state = tx.init(params)
+      >>> step = jax.jit(lambda s, p: tx.update(None, s, p, loss_fn=loss))
+      >>> for _ in range(300):
+      ...     upd, state = step(state, params)
+      ...     params = optax.apply_updates(params, upd)
+      >>> bool(loss(params) < 1e-2)
+      True
+    """
+    check_learning_rate(learning_rate)
+    rule = scale_by_mezo(
+        eps=eps, weight_decay=weight_decay, num_samples=num_samples, seed=seed, codec=codec,
+        codec_scale=codec_scale, axis_name=axis_name,
+    )
+    return optax.chain(rule, optax.scale_by_learning_rate(learning_rate))

@@ -31,7 +31,7 @@ def run(quick: bool) -> list[Entry]:
     n_params = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(params))
     x = jnp.ones((batch, sizes[0]))
     y = jnp.zeros((batch,), jnp.int32)
-    zo = mezo(1e-4)
+    zo = mezo(1e-4, axis_name=None)  # one worker
     sgd = optax.sgd(1e-2)
     adam = optax.adam(1e-3)
 
