@@ -1,6 +1,6 @@
 """Regenerate README.md's generated tables from the code and results/.
 
-    python scripts/update_readme.py
+    python scripts/update_readme.py [--only transforms|reproductions|bench]
 
 Sections between ``<!-- BEGIN name -->`` and ``<!-- END name -->`` are replaced:
 ``transforms`` (every public factory in lgrad's rule packages), ``reproductions``
@@ -79,12 +79,18 @@ def bench_table() -> str:
         return "_No benchmark recorded yet: run `lgrad bench`._"
     data = json.loads(path.read_text())
     entries = data["entries"] if isinstance(data, dict) else data
-    rows = ["| benchmark | ours | baseline | ratio | target | met |", "| --- | --- | --- | --- | --- | --- |"]
+    from lgrad.bench.entry import Entry
+
+    rows = [
+        "| benchmark | ours | baseline | ratio | better | target | met |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for e in entries:
         met = {True: "yes", False: "**no**", None: "-"}[e.get("met")]
+        better = e.get("better") or Entry.from_dict(e).direction
         rows.append(
             f"| {e['name']} | {e['ours']:.4g} {e.get('unit', '')} | {e['baseline']:.4g} {e.get('unit', '')} "
-            f"| {e['ratio']:.3g} | {e.get('target') or '-'} | {met} |"
+            f"| {e['ratio']:.3g} | {better} | {e.get('target') or '-'} | {met} |"
         )
     env = data.get("environment", {}) if isinstance(data, dict) else {}
     if env:
@@ -93,9 +99,16 @@ def bench_table() -> str:
     return "\n".join(rows)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    """``--only SECTION`` (repeatable) regenerates just those sections."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="regenerate README.md's generated tables")
+    parser.add_argument("--only", action="append", default=[], choices=["transforms", "reproductions", "bench"])
+    args = parser.parse_args(argv)
     text = README.read_text()
-    for section, render in [("transforms", transforms_table), ("reproductions", reproductions_table), ("bench", bench_table)]:
+    sections = [("transforms", transforms_table), ("reproductions", reproductions_table), ("bench", bench_table)]
+    for section, render in [(n, r) for n, r in sections if not args.only or n in args.only]:
         pattern = re.compile(rf"(<!-- BEGIN {section} -->\n).*?(<!-- END {section} -->)", re.S)
         if not pattern.search(text):
             print(f"README.md has no {section} section", file=sys.stderr)

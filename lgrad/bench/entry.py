@@ -8,7 +8,9 @@ from typing import Any
 @dataclasses.dataclass(frozen=True)
 class Entry:
     """``ratio = ours / baseline``; ``met`` is computed from ``ratio`` and ``max_ratio``
-    / ``min_ratio`` (None when the entry only reports)."""
+    / ``min_ratio`` (None when the entry only reports). ``better`` says which way
+    is good: ``"lower"`` or ``"higher"`` (default: from the target, else the unit:
+    times and bytes lower, rates such as ``bytes/s`` higher)."""
 
     name: str  # short id, e.g. "diffgrad-update/adam"
     what: str  # one line: what is measured
@@ -18,6 +20,22 @@ class Entry:
     max_ratio: float | None = None  # target: ratio <= max_ratio
     min_ratio: float | None = None  # target: ratio >= min_ratio
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    better: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.better not in (None, "lower", "higher"):
+            raise ValueError(f"better must be 'lower' or 'higher', got {self.better!r}")
+
+    @property
+    def direction(self) -> str:
+        """``"lower"`` or ``"higher"``: which ratio is the better one."""
+        if self.better is not None:
+            return self.better
+        if self.max_ratio is not None:
+            return "lower"
+        if self.min_ratio is not None:
+            return "higher"
+        return "higher" if "/" in self.unit or "per" in self.unit.split() else "lower"
 
     @property
     def ratio(self) -> float:
@@ -45,6 +63,7 @@ class Entry:
         return cls(
             row["name"], row["what"], row["ours"], row["baseline"], row["unit"],
             max_ratio=row.get("max_ratio"), min_ratio=row.get("min_ratio"), extra=row.get("extra", {}),
+            better=row.get("better"),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -59,5 +78,6 @@ class Entry:
             "max_ratio": self.max_ratio,
             "min_ratio": self.min_ratio,
             "met": self.met,
+            "better": self.direction,
             **({"extra": self.extra} if self.extra else {}),
         }

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import os
 import pkgutil
 import sys
 import time
@@ -36,7 +37,9 @@ def run_benchmarks(
         topics = [t for t in topics if t in only]
     entries: list[Entry] = []
     errors: dict[str, str] = {}
-    for topic in tqdm(topics, desc="bench", disable=not progress, leave=False, file=sys.stderr):
+    bar = tqdm(topics, desc="bench", disable=not progress, leave=False, file=sys.stderr)
+    for topic in bar:
+        bar.set_description(f"bench: {topic}")
         try:
             module = importlib.import_module(f"lgrad.bench.entries.{topic}")
             got = list(module.run(quick))
@@ -51,13 +54,14 @@ def run_benchmarks(
 
 
 def format_table(entries: list[Entry]) -> str:
-    header = ("benchmark", "ours", "baseline", "ratio", "target", "met")
+    header = ("benchmark", "ours", "baseline", "ratio", "better", "target", "met")
     rows = [
         (
             e.name,
             f"{e.ours:.4g} {e.unit}",
             f"{e.baseline:.4g} {e.unit}",
             f"{e.ratio:.3f}",
+            e.direction,
             e.target or "-",
             {True: "yes", False: "NO", None: "-"}[e.met],
         )
@@ -76,8 +80,10 @@ def plot(entries: list[Entry], path: Path) -> None:
 
     if not entries:
         return
-    fig, ax = plt.subplots(figsize=(9, 0.42 * len(entries) + 1.4))
-    names = [e.name for e in entries][::-1]
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    fig, ax = plt.subplots(figsize=(10, 0.32 * len(entries) + 1.6))
+    names = [f"{e.name} ({e.direction} is better)" for e in entries][::-1]
     ratios = [e.ratio for e in entries][::-1]
     colors = [{True: "tab:green", False: "tab:red", None: "tab:gray"}[e.met] for e in entries][::-1]
     ax.barh(names, ratios, color=colors)
@@ -88,6 +94,10 @@ def plot(entries: list[Entry], path: Path) -> None:
         ax.text(e.ratio, i, f" {e.ratio:.3g}", va="center", fontsize=8)
     ax.axvline(1.0, color="0.5", ls=":", lw=1)
     ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(base=10))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.tick_params(axis="y", labelsize=7)
+    ax.tick_params(axis="x", labelsize=8)
     ax.set_xlabel("ratio ours / baseline (black tick: target; green met, red missed, grey reported)")
     ax.set_title("lgrad bench: ratios against the baseline, measured side by side")
     fig.tight_layout()
@@ -98,8 +108,9 @@ def plot(entries: list[Entry], path: Path) -> None:
 def write(
     entries: list[Entry], errors: dict[str, str], out: Path, *, quick: bool, seconds: float, only: list[str] | None = None
 ) -> Path:
-    """Write bench.json/png. With ``only``, entries of the other topics already in an
-    existing bench.json of the same mode are kept (a partial re-run updates the file)."""
+    """Write bench.json/png (through temporary files: an interrupted write leaves the old
+    ones intact). With ``only``, entries of the other topics already in an existing
+    bench.json of the same mode are kept (a partial re-run updates the file)."""
     from lgrad.engine.environment import environment
 
     out.mkdir(parents=True, exist_ok=True)
@@ -118,8 +129,16 @@ def write(
         "entries": rows,
         "errors": errors,
     }
-    path.write_text(json.dumps(data, indent=2) + "\n")
-    plot(entries, out / "bench.png")
+    tmp_json, tmp_png = out / f".bench.json.partial-{os.getpid()}", out / f".bench.partial-{os.getpid()}.png"
+    try:  # both files are replaced only once both are written
+        tmp_json.write_text(json.dumps(data, indent=2) + "\n")
+        plot(entries, tmp_png)
+        os.replace(tmp_json, path)
+        if tmp_png.exists():
+            os.replace(tmp_png, out / "bench.png")
+    finally:
+        tmp_json.unlink(missing_ok=True)
+        tmp_png.unlink(missing_ok=True)
     return path
 
 

@@ -29,12 +29,20 @@ class CliError(Exception):
     """A user error: printed as one line, exit status 2, no traceback."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (exit status 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"lgrad: error: {self.prog}: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="lgrad",
         description="lgrad: learning rules built on local gradients, and the reproductions of their papers.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for name in COMMANDS:
         importlib.import_module(name).register(sub)
@@ -42,6 +50,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line ``argv`` (default: ``sys.argv[1:]``); returns the exit status.
+
+    User errors print one line and return 2; Ctrl-C/SIGTERM return 130. Called as the
+    ``lgrad`` program (``argv`` None), an interrupted command ends the process at once
+    (``os._exit``) instead of waiting for XLA work still in flight.
+    """
+    status = _main(argv)
+    if status == 130 and argv is None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    return status
+
+
+def _main(argv: list[str] | None) -> int:
     dist = None
     if os.environ.get("LGRAD_DISTRIBUTED") or os.environ.get("LGRAD_COORDINATOR"):
         # Started by `lgrad launch` (or on a cluster): join jax.distributed before jax runs.
@@ -49,12 +72,22 @@ def main(argv: list[str] | None = None) -> int:
 
         dist.initialize_from_env()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, or a usage error already printed as one line
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     if dist is not None:
         dist.route_output(args)  # only process 0 writes results
     try:
         return int(args.func(args) or 0)
     except CliError as e:
+        print(f"lgrad: error: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:  # a ConfigError raised past a command's own checks
+        from lgrad.engine.config import ConfigError
+
+        if not isinstance(e, ConfigError):
+            raise
         print(f"lgrad: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from lgrad.cli import CliError
 
@@ -30,4 +31,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
         check_writable(args.out)
     except PermissionError as e:
         raise CliError(str(e)) from None
-    return runner.main(quick=args.quick, out=args.out, only=args.only or None, progress=not args.no_progress)
+    from lgrad.cli.interrupt import EXIT_INTERRUPTED, Interrupts
+
+    stopped = f"lgrad: interrupted: the benchmarks did not finish; {args.out}/bench.json and bench.png are untouched"
+    with Interrupts(on_force=lambda: print(stopped, file=sys.stderr)):
+        try:
+            return runner.main(quick=args.quick, out=args.out, only=args.only or None, progress=not args.no_progress)
+        except KeyboardInterrupt:
+            print(stopped, file=sys.stderr)
+            return EXIT_INTERRUPTED

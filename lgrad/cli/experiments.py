@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from lgrad.cli import CliError
+from lgrad.cli.interrupt import EXIT_INTERRUPTED, Interrupts
 
 __all__ = ["register", "format_claims_table", "parse_sets"]
 
@@ -101,13 +102,14 @@ def _summary(rows: list[tuple[str, Any]], n_exp: int, seconds: float) -> str:
 
 
 def _prepare(names: list[str], mode: str, sets: dict[str, str], out: str) -> None:
-    """Validate everything that can be validated before any work starts."""
-    from lgrad.engine import ConfigError, UnknownExperiment, apply_overrides, check_writable, get_experiment
+    """Validate everything that can be validated before any work starts: names, the
+    types, ranges and memory estimate of every config, the output folder."""
+    from lgrad.engine import ConfigError, UnknownExperiment, check_writable, get_experiment
+    from lgrad.engine.runner import experiment_config
 
     try:
         for name in names:
-            exp = get_experiment(name)
-            apply_overrides(exp.config(mode), sets)
+            experiment_config(get_experiment(name), mode, sets)
         check_writable(out)
     except UnknownExperiment as e:
         raise CliError(str(e)) from None
@@ -119,15 +121,16 @@ def _check_resume(name: str, mode: str, sets: dict[str, str], out: str, every: i
     """Refuse (one line) to resume from checkpoints written with another config."""
     from pathlib import Path
 
-    from lgrad.checkpoint import CheckpointMismatch, check_resume
-    from lgrad.engine import apply_overrides, get_experiment
+    from lgrad.engine import get_experiment
+    from lgrad.engine.runner import checkpoint_module, experiment_config
 
+    ckpt = checkpoint_module()
     exp = get_experiment(name)
-    config = apply_overrides(exp.config(mode), sets)
+    config = experiment_config(exp, mode, sets)
     root = Path(out) / exp.name / "checkpoints"
     try:
-        stored = check_resume(root, {"experiment": exp.name, "mode": mode, "config": config}, every)
-    except CheckpointMismatch as e:
+        stored = ckpt.check_resume(root, {"experiment": exp.name, "mode": mode, "config": config}, every)
+    except ckpt.CheckpointMismatch as e:
         raise CliError(str(e)) from None
     if stored is None:
         print(f"lgrad: no checkpoints in {root}; starting from the beginning", file=sys.stderr)
@@ -156,13 +159,27 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise CliError(f"--checkpoint-every must be >= 0, got {every}")
     if resume:
         _check_resume(args.name, args.mode, sets, args.out, every)
-    result = run_experiment(
-        args.name, args.mode, sets, args.out, show_progress=not args.no_progress, checkpoint_every=every, resume=resume
-    )
+    stopped = _stopped_line(args.name, args.out, every > 0 or resume)
+    with Interrupts(on_force=lambda: print(stopped, file=sys.stderr)):
+        try:
+            result = run_experiment(
+                args.name, args.mode, sets, args.out, show_progress=not args.no_progress, checkpoint_every=every, resume=resume
+            )
+        except KeyboardInterrupt:
+            print(stopped, file=sys.stderr)
+            return EXIT_INTERRUPTED
     rows = [(result.name, c) for c in result.claims]
     print(format_claims_table(rows))
     print(f"wrote {result.out_dir}/result.json  ·  " + _summary(rows, 1, result.runtime_s))
     return 0
+
+
+def _stopped_line(name: str, out: str, checkpointed: bool = False) -> str:
+    from pathlib import Path
+
+    folder = Path(out) / name
+    resume = f"; its checkpoints stay in {folder / 'checkpoints'} (--resume continues)" if checkpointed else ""
+    return f"lgrad: interrupted: {name} did not finish; {folder} is untouched{resume}"
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
@@ -172,19 +189,34 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     _prepare(names, args.mode, {}, args.out)
     start = time.perf_counter()
     rows: list[tuple[str, Any]] = []
-    for i, name in enumerate(names, 1):
-        print(f"[{i}/{len(names)}] {name} ({args.mode}) ...", file=sys.stderr, flush=True)
-        t0 = time.perf_counter()
-        try:
-            result = run_experiment(name, args.mode, None, args.out, show_progress=not args.no_progress)
-        except Exception as e:  # one broken experiment must not hide the others' results
-            from lgrad.engine import Claim
+    state = {"current": None, "finished": 0}
 
-            print(f"  {name} crashed: {type(e).__name__}: {e}", file=sys.stderr)
-            rows.append((name, Claim.holds("run-completed", "the experiment runs to completion", f"{type(e).__name__}", "no exception", False)))
-            continue
-        rows.extend((name, c) for c in result.claims)
-        print(f"  done in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    def report_interrupt() -> None:
+        if rows:
+            print(format_claims_table(rows))
+            print(_summary(rows, state["finished"], time.perf_counter() - start))
+        print(_stopped_line(state["current"], args.out) + f" ({state['finished']} of {len(names)} experiments finished)", file=sys.stderr)
+
+    with Interrupts(on_force=report_interrupt):
+        for i, name in enumerate(names, 1):
+            state["current"] = name
+            print(f"[{i}/{len(names)}] {name} ({args.mode}) ...", file=sys.stderr, flush=True)
+            t0 = time.perf_counter()
+            try:
+                result = run_experiment(name, args.mode, None, args.out, show_progress=not args.no_progress)
+            except KeyboardInterrupt:
+                report_interrupt()
+                return EXIT_INTERRUPTED
+            except Exception as e:  # one broken experiment must not hide the others' results
+                from lgrad.engine import Claim
+
+                print(f"  {name} crashed: {type(e).__name__}: {e}; {args.out}/{name} is untouched", file=sys.stderr)
+                rows.append((name, Claim.holds("run-completed", "the experiment runs to completion", f"{type(e).__name__}", "no exception", False)))
+                state["finished"] += 1
+                continue
+            rows.extend((name, c) for c in result.claims)
+            state["finished"] += 1
+            print(f"  done in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     print(format_claims_table(rows))
     print(_summary(rows, len(names), time.perf_counter() - start))
     if args.strict and any(c.passed is False for _, c in rows):

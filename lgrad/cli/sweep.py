@@ -6,6 +6,7 @@ import json
 import sys
 
 from lgrad.cli import CliError
+from lgrad.cli.interrupt import EXIT_INTERRUPTED, Interrupts
 
 __all__ = ["register"]
 
@@ -13,7 +14,8 @@ EPILOG = """examples:
   lgrad sweep diffgrad-synthetic --grid learning_rate=0.01,0.03,0.1,0.3 --grid b1=0.8,0.9,0.95
   lgrad sweep diffgrad-synthetic --random learning_rate=loguniform:1e-3:1 --samples 32 --strategy vmap
   lgrad sweep NAME --grid lr=1e-3,1e-2 --seeds 5 --resume     # skip the cells a killed sweep finished
-outputs: <out>/<name>/sweep/{sweep.csv, sweep.jsonl, best.json, heatmap.png (2-D grids)}"""
+outputs: <out>/<name>/sweep/{sweep.csv, sweep.jsonl, best.json, sweep.json, cells/, heatmap.png (2-D grids)},
+replaced only when the sweep finishes (a sweep in progress writes <out>/<name>/.sweep.partial/)"""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -100,7 +102,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     print(f"{plan.exp.name}: {len(plan.cells)} cells "
           f"({'batched: ' + ', '.join(plan.proto.sweepable) + ' traced' if plan.proto else 'sequential full runs'})",
           file=sys.stderr, flush=True)
-    result = run_sweep(args.name, spec, checkpoint_every=args.checkpoint_every, show_progress=not args.no_progress, **kw)
+    work = plan.work_dir
+
+    def stopped() -> None:
+        n = len(list((work / "cells").glob("*.json"))) if (work / "cells").is_dir() else 0
+        print(f"lgrad: interrupted: the sweep of {plan.exp.name} did not finish; {plan.out_dir} is untouched; "
+              f"{n} finished cell(s) are kept in {work} (rerun with --resume to continue)", file=sys.stderr)
+
+    with Interrupts(on_force=stopped):
+        try:
+            result = run_sweep(args.name, spec, checkpoint_every=args.checkpoint_every, show_progress=not args.no_progress, **kw)
+        except KeyboardInterrupt:
+            stopped()
+            return EXIT_INTERRUPTED
     print(format_best(result.best))
     files = ", ".join(f for f in ("sweep.csv", "sweep.jsonl", "best.json", "heatmap.png") if (result.out_dir / f).exists())
     print(f"wrote {result.out_dir}/{{{files}}}  ·  {len(result.records)} cells ({result.skipped} resumed) in {result.runtime_s:.1f} s")

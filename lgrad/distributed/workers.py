@@ -148,7 +148,12 @@ def make_program(
     axis_name: str = AXIS,
     devices: Sequence[Any] | None = None,
 ) -> Callable[..., Any]:
-    """The un-jitted program ``run_workers`` executes (to embed in a bigger jit/scan)."""
+    """The un-jitted program ``run_workers`` executes (to embed in a bigger jit/scan).
+
+    Raises ``ValueError`` for a ``backend`` other than ``"vmap"``, ``"mesh"`` or ``"pmap"``.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     in_axes = tuple(in_axes)
     if backend == "vmap":
         return jax.vmap(fn, in_axes=in_axes, axis_name=axis_name, axis_size=n_workers)

@@ -5,17 +5,37 @@ import contextlib
 import dataclasses
 import json
 import os
+import shutil
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
 from lgrad.engine.claims import Claim, to_jsonable
-from lgrad.engine.config import ConfigError, apply_overrides
+from lgrad.engine.config import ConfigError, apply_overrides, validate_config
 from lgrad.engine.environment import environment
-from lgrad.engine.registry import get
+from lgrad.engine.registry import Experiment, get
 
-__all__ = ["RunContext", "Result", "check_writable", "run_experiment"]
+__all__ = ["RunContext", "Result", "atomic_dir", "check_writable", "experiment_config", "replace_dir", "run_experiment"]
+
+# Temporary folders of runs in progress: an interrupt that cannot wait for the run
+# to unwind (see lgrad.cli.interrupt) removes them; the swap into place holds SWAP_LOCK.
+ACTIVE_TEMP_DIRS: set[Path] = set()
+SWAP_LOCK = threading.Lock()
+
+
+def _is_main_process() -> bool:
+    """False on processes 1.. of a multi-process run (only process 0 draws bars)."""
+    if "jax" not in sys.modules:
+        return True
+    import jax
+
+    try:
+        return jax.process_index() == 0
+    except RuntimeError:  # pragma: no cover - no backend
+        return True
 
 
 def check_writable(out: str | os.PathLike) -> Path:
@@ -41,6 +61,8 @@ class RunContext:
     show_progress: bool = True
     _metrics_file: Any = None
     checkpoints: Any = None  # the lgrad.checkpoint.CheckpointSession when checkpointing, else None
+    _variants: list[str] = dataclasses.field(default_factory=list)
+    _bar_counts: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def log(self, series: str, step: int | None = None, **values: Any) -> None:
         """Append one line to ``metrics.jsonl`` (``series`` names the curve)."""
@@ -61,14 +83,29 @@ class RunContext:
         if length and (length - 1) % every:
             self.log(series, step=length - 1, **{k: v[length - 1] for k, v in arrays.items()})
 
+    @contextlib.contextmanager
+    def variant(self, label: str) -> Iterator[None]:
+        """Name the bars drawn inside (``with ctx.variant("rule=drtp"): fit(...)``)."""
+        self._variants.append(str(label))
+        try:
+            yield
+        finally:
+            self._variants.pop()
+
     def progress(self, iterable: Iterable | None = None, *, total: int | None = None, desc: str = "") -> Any:
+        """A tqdm bar named ``<experiment> [<variant>]: <desc>``; a repeated name gets ``#k``."""
         from tqdm.auto import tqdm
 
+        label = self.name + (f" [{' / '.join(self._variants)}]" if self._variants else "")
+        text = f"{label}: {desc}" if desc else label
+        self._bar_counts[text] = self._bar_counts.get(text, 0) + 1
+        if self._bar_counts[text] > 1:
+            text += f" #{self._bar_counts[text]}"
         return tqdm(
             iterable,
             total=total,
-            desc=f"{self.name}: {desc}" if desc else self.name,
-            disable=not self.show_progress,
+            desc=text,
+            disable=not self.show_progress or not _is_main_process(),
             leave=False,
             dynamic_ncols=True,
             file=sys.stderr,
@@ -119,6 +156,102 @@ def _matplotlib_headless() -> Iterator[None]:
     yield
 
 
+def checkpoint_module() -> Any:
+    """``lgrad.train.checkpoint`` (``lgrad.checkpoint`` in older trees)."""
+    import importlib
+
+    try:
+        return importlib.import_module("lgrad.train.checkpoint")
+    except ImportError:
+        return importlib.import_module("lgrad.checkpoint")
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """SIGINT/SIGTERM wait until the block is done (then ``KeyboardInterrupt``)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got: list[int] = []
+    old = {s: signal.signal(s, lambda n, f: got.append(n)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        if got:
+            raise KeyboardInterrupt
+
+
+def replace_dir(tmp: str | os.PathLike, final: str | os.PathLike, keep: tuple[str, ...] = ()) -> None:
+    """Replace folder ``final`` by ``tmp`` (renames only; SIGINT/SIGTERM wait until it is
+    done). Entries of the old ``final`` named in ``keep`` move into the new one."""
+    tmp, final = Path(tmp), Path(final)
+    with SWAP_LOCK, _signals_deferred():
+        if not final.exists():
+            os.rename(tmp, final)
+            return
+        for name in keep:
+            if (final / name).exists() and not (tmp / name).exists():
+                os.rename(final / name, tmp / name)
+        old = final.parent / f".{final.name}.old-{os.getpid()}"
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(final, old)
+        os.rename(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | os.PathLike, *, keep: tuple[str, ...] = ()) -> Iterator[Path]:
+    """Write into a temporary sibling of ``final``; it replaces ``final`` only when the
+    block finishes. On an exception or interrupt it is removed and ``final`` stays
+    byte-identical. ``keep``: entries of the old ``final`` carried into the new one."""
+    final = Path(final)
+    tmp = final.parent / f".{final.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    ACTIVE_TEMP_DIRS.add(tmp)
+    try:
+        yield tmp
+        replace_dir(tmp, final, keep)
+    finally:
+        ACTIVE_TEMP_DIRS.discard(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def experiment_config(
+    exp: Experiment | str, mode: str = "quick", overrides: Mapping[str, Any] | None = None, *, source: str = "--set"
+) -> dict[str, Any]:
+    """``exp``'s ``mode`` config with ``overrides`` applied, type-checked and validated
+    against the experiment's ``LIMITS`` (and the generic ones) and its memory estimate.
+    Raises ``ConfigError`` (one line) before anything is computed."""
+    if isinstance(exp, str):
+        exp = get(exp)
+    base = exp.config(mode)
+    config = apply_overrides(base, overrides)
+    validate_config(
+        config,
+        getattr(exp.module, "LIMITS", None),
+        estimate=getattr(exp.module, "memory_estimate", None),
+        defaults=base,
+        changed={k: config[k] for k in (overrides or {})},
+        source=source,
+    )
+    return config
+
+
+def _checkpoint_session(exp: Experiment, mode: str, config: dict, out_dir: Path, every: int, resume: bool) -> Any:
+    if not (every > 0 or resume):
+        return None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return checkpoint_module().CheckpointSession(
+        out_dir / "checkpoints",
+        every=every or None,
+        fingerprint={"experiment": exp.name, "mode": mode, "config": config},
+        resume=resume,
+    )
+
+
 def run_experiment(
     name: str,
     mode: str = "quick",
@@ -128,65 +261,54 @@ def run_experiment(
     show_progress: bool = True,
     checkpoint_every: int = 0,
     resume: bool = False,
+    variant: str | None = None,
 ) -> Result:
     """Run experiment ``name`` in ``mode`` and write ``<out>/<name>/``.
+
+    The run writes into a temporary sibling folder that replaces ``<out>/<name>/``
+    only when the run has finished (a ``sweep/`` folder inside is carried over): a
+    failed or interrupted run leaves the previous results byte-identical.
 
     With ``checkpoint_every > 0`` or ``resume``, every training loop of the run
     (``lgrad.engine.fit`` / ``run_loop``) checkpoints into ``<out>/<name>/checkpoints``
     every ``checkpoint_every`` steps; ``resume`` continues from there (a killed run
-    finishes with the same numbers as an uninterrupted one). The checkpoints are
-    deleted when the run completes.
+    finishes with the same numbers as an uninterrupted one). The checkpoints survive
+    a failure and are deleted when the run completes. ``variant`` names the run's
+    progress bars (e.g. the cell of a sweep).
 
-    Raises ``UnknownExperiment`` (a ``KeyError``), ``ConfigError`` (a ``ValueError``;
-    also for a resume directory written with another config) or ``PermissionError``
-    before any computation when the request is bad.
+    Raises ``UnknownExperiment`` (a ``KeyError``), ``ConfigError`` (a ``ValueError``:
+    a value of the wrong type or out of its limits, a config too large for memory,
+    a resume directory written with another config) or ``PermissionError`` before
+    any computation when the request is bad.
     """
     exp = get(name)
-    config = apply_overrides(exp.config(mode), overrides)
+    config = experiment_config(exp, mode, overrides)
     if checkpoint_every < 0:
         raise ConfigError(f"checkpoint_every must be >= 0, got {checkpoint_every}")
     root = check_writable(out)
-    out_dir = check_writable(root / exp.name)
-    session = None
-    if checkpoint_every > 0 or resume:
-        from lgrad.checkpoint import CheckpointSession
-
-        session = CheckpointSession(
-            out_dir / "checkpoints",
-            every=checkpoint_every or None,
-            fingerprint={"experiment": exp.name, "mode": mode, "config": config},
-            resume=resume,
-        )
-    for stale in out_dir.glob("*.png"):
-        stale.unlink()
-    (out_dir / "config.json").write_text(json.dumps(to_jsonable({"mode": mode, **config}), indent=2) + "\n")
-    start = time.perf_counter()
-    with _matplotlib_headless(), open(out_dir / "metrics.jsonl", "w") as metrics:
-        ctx = RunContext(
-            name=exp.name, mode=mode, out_dir=out_dir, show_progress=show_progress, _metrics_file=metrics, checkpoints=session
-        )
-        with session.activate() if session is not None else contextlib.nullcontext():
-            claims = list(exp.run(config, ctx))
-    runtime = time.perf_counter() - start
-    for c in claims:
-        if not isinstance(c, Claim):
-            raise TypeError(f"{exp.name}.run must return Claims, got {type(c).__name__}")
-    result = Result(
-        name=exp.name,
-        paper=exp.paper,
-        mode=mode,
-        claims=claims,
-        runtime_s=runtime,
-        config=config,
-        environment=environment(),
-        out_dir=out_dir,
-    )
-    (out_dir / "result.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
-    if session is not None:
-        if session.loops == 0:
-            print(
-                f"lgrad: note: {exp.name} trains outside lgrad.engine.fit/run_loop, so nothing was checkpointed",
-                file=sys.stderr,
+    out_dir = root / exp.name
+    session = _checkpoint_session(exp, mode, config, out_dir, checkpoint_every, resume)
+    with atomic_dir(out_dir, keep=("sweep", "checkpoints")) as tmp:
+        (tmp / "config.json").write_text(json.dumps(to_jsonable({"mode": mode, **config}), indent=2) + "\n")
+        start = time.perf_counter()
+        with _matplotlib_headless(), open(tmp / "metrics.jsonl", "w") as metrics:
+            ctx = RunContext(
+                name=exp.name, mode=mode, out_dir=tmp, show_progress=show_progress, _metrics_file=metrics, checkpoints=session,
+                _variants=[variant] if variant else [],
             )
-        session.remove()
+            with session.activate() if session is not None else contextlib.nullcontext():
+                claims = list(exp.run(config, ctx))
+        runtime = time.perf_counter() - start
+        for c in claims:
+            if not isinstance(c, Claim):
+                raise TypeError(f"{exp.name}.run must return Claims, got {type(c).__name__}")
+        result = Result(exp.name, exp.paper, mode, claims, runtime, config, environment(), out_dir)
+        (tmp / "result.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        if session is not None:
+            if session.loops == 0:
+                print(
+                    f"lgrad: note: {exp.name} trains outside lgrad.engine.fit/run_loop, so nothing was checkpointed",
+                    file=sys.stderr,
+                )
+            session.remove()
     return result

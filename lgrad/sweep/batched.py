@@ -83,6 +83,22 @@ def _round_up(n: int, m: int) -> int:
     return -(-n // m) * m
 
 
+def _accepts_three(fn: Any) -> bool:
+    """Whether ``fn`` takes a third positional argument (the strategy of the call)."""
+    if fn is None:
+        return False
+    import inspect
+
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    if any(p.kind is p.VAR_POSITIONAL for p in params):
+        return True
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 3
+
+
 class _Runner:
     def __init__(self, train_cell, hparams, seeds, devices, on_done):
         self.fn = train_cell
@@ -91,15 +107,16 @@ class _Runner:
         self.names = sorted(hparams[0]) if hparams else []
         self.devices = list(jax.local_devices() if devices is None else devices)
         self.on_done = on_done
+        self._with_how = _accepts_three(on_done)
         self.results: dict[int, dict[str, Any]] = {}
         self._seq = None
         self._vmap: dict[int, Any] = {}
 
-    def _finish(self, idx: list[int], metrics: list[dict[str, Any]]) -> None:
+    def _finish(self, idx: list[int], metrics: list[dict[str, Any]], how: str) -> None:
         for i, m in zip(idx, metrics):
             self.results[i] = m
         if self.on_done is not None:
-            self.on_done(idx, metrics)
+            self.on_done(idx, metrics, how) if self._with_how else self.on_done(idx, metrics)
 
     # --- sequential -----------------------------------------------------------
     def seq_compile(self) -> float:
@@ -116,7 +133,7 @@ class _Runner:
         t0 = time.perf_counter()
         out = jax.block_until_ready(self._seq(hp, jax.random.PRNGKey(int(self.seeds[i]))))
         dt = time.perf_counter() - t0
-        self._finish([i], [_to_python(out)])
+        self._finish([i], [_to_python(out)], "sequential")
         return dt
 
     # --- vmap -------------------------------------------------------------------
@@ -143,7 +160,7 @@ class _Runner:
         out = jax.block_until_ready(self._vmap[b](*args))
         dt = time.perf_counter() - t0
         out = _to_python(out)
-        self._finish(list(idx), [jax.tree.map(lambda col, j=j: col[j], out, is_leaf=lambda x: isinstance(x, list)) for j in range(len(idx))])
+        self._finish(list(idx), [jax.tree.map(lambda col, j=j: col[j], out, is_leaf=lambda x: isinstance(x, list)) for j in range(len(idx))], "vmap")
         return dt
 
     def vmap_all(self, idx: list[int], b: int) -> None:
@@ -172,7 +189,8 @@ def run_cells(
         256 for ``"auto"``); rounded up to a multiple of the devices used.
       devices: devices of the sweep mesh (default: ``jax.local_devices()``).
       on_done: called ``on_done(indices, metrics)`` after each call finishes (for
-        writing results as they come, so a killed sweep can skip them).
+        writing results as they come, so a killed sweep can skip them); a callback
+        with a third parameter also gets how the call ran (``"sequential"`` or ``"vmap"``).
 
     Returns:
       ``(metrics per cell as Python scalars, RunInfo)``.

@@ -22,9 +22,12 @@ Two paths:
   :func:`lgrad.engine.run_experiment` into ``sweep/runs/<cell id>/``; its metrics are
   the numeric claim measurements (``claim:<id>``) and ``claims_passed``.
 
-Under ``jax.distributed`` each process runs its slice of the cells
-(:func:`process_slice`); finished cells are written to ``sweep/cells/<id>.json`` as
-they complete, so ``resume=True`` skips them after a kill. The records are gathered
+A sweep in progress writes into ``<out>/<name>/.sweep.partial/``, which replaces
+``<out>/<name>/sweep/`` only when the sweep has finished: a failed or interrupted
+sweep leaves the previous ``sweep/`` byte-identical. Under ``jax.distributed`` each
+process runs its slice of the cells (:func:`process_slice`); finished cells are
+written to ``cells/<id>.json`` as they complete, so ``resume=True`` skips them after
+a kill (it reads the partial folder, or a finished ``sweep/`` of the same sweep). The records are gathered
 to process 0 with a collective (no shared folder needed), which writes
 ``sweep.csv``, ``sweep.jsonl``, ``best.json`` and (for a 2-D grid) ``heatmap.png``.
 """
@@ -42,9 +45,9 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from lgrad.engine.claims import Claim, to_jsonable
-from lgrad.engine.config import ConfigError, apply_overrides
+from lgrad.engine.config import ConfigError, validate_config
 from lgrad.engine.registry import get
-from lgrad.engine.runner import check_writable
+from lgrad.engine.runner import check_writable, checkpoint_module, experiment_config, replace_dir
 from lgrad.sweep.batched import STRATEGIES, run_cells
 from lgrad.sweep.report import best_summary, write_heatmap, write_tables
 from lgrad.sweep.spec import Cell, SweepSpec, process_slice
@@ -52,6 +55,7 @@ from lgrad.sweep.spec import Cell, SweepSpec, process_slice
 __all__ = ["SweepProtocol", "SweepResult", "protocol_of", "prepare_sweep", "run_sweep"]
 
 SWEEP_FILE = "sweep.json"
+WORK_DIR = ".sweep.partial"  # where a sweep in progress writes; replaces ``sweep/`` when it finishes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,6 +113,48 @@ class _Plan:
     out_dir: Path
     fingerprint: dict[str, Any]
 
+    @property
+    def work_dir(self) -> Path:
+        return self.out_dir.parent / WORK_DIR
+
+
+def _flag_of(spec: SweepSpec) -> Callable[[str], str]:
+    def flag(key: str) -> str:
+        if key in spec.grid:
+            return "--grid"
+        if key in spec.random:
+            return "--random"
+        if any(key in c for c in spec.configs):
+            return "--configs"
+        return "--seeds" if key == "seed" and spec.seeds > 1 else "--set"
+
+    return flag
+
+
+def _validate_cells(exp: Any, mode: str, spec: SweepSpec, cells: list[Cell]) -> None:
+    """Every cell against the experiment's limits and memory estimate (one line per refusal)."""
+    base = exp.config(mode)
+    limits = getattr(exp.module, "LIMITS", None)
+    estimate = getattr(exp.module, "memory_estimate", None)
+    flag = _flag_of(spec)
+    seen: set[str] = set()
+    for cell in cells:
+        key = json.dumps(cell.overrides, sort_keys=True, default=str)
+        if key in seen:
+            continue
+        seen.add(key)
+        validate_config(cell.config, limits, estimate=estimate, defaults=base, changed=cell.overrides, source=flag)
+
+
+def _stored_fingerprint(folder: Path) -> dict[str, Any] | None:
+    f = folder / SWEEP_FILE
+    if not f.exists():
+        return None
+    try:
+        return json.loads(f.read_text()).get("fingerprint", {})
+    except (OSError, json.JSONDecodeError, AttributeError):
+        raise ConfigError(f"resume directory {folder} has an unreadable {SWEEP_FILE}") from None
+
 
 def _fingerprint(name: str, mode: str, base: Mapping[str, Any], spec: SweepSpec) -> dict[str, Any]:
     return json.loads(json.dumps({"experiment": name, "mode": mode, "base": dict(base), "spec": spec.to_dict()}, sort_keys=True, default=str))
@@ -134,11 +180,12 @@ def prepare_sweep(
     empty grid, wrong type, bad strategy/metric, a resume folder from another
     sweep) or ``PermissionError``.
     """
-    from lgrad.checkpoint import fingerprint_diff
+    fingerprint_diff = checkpoint_module().fingerprint_diff
 
     exp = get(name)
-    base = apply_overrides(exp.config(mode), sets)
+    base = experiment_config(exp, mode, sets)
     cells = spec.cells(base)
+    _validate_cells(exp, mode, spec, cells)
     if strategy not in STRATEGIES:
         raise ConfigError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
     if batch_size is not None and batch_size < 1:
@@ -159,20 +206,17 @@ def prepare_sweep(
     elif not (metric_name == "claims_passed" or metric_name.startswith("claim:")):
         raise ConfigError(f"--metric for {exp.name!r} (swept by full runs) must be claims_passed or claim:<claim id>, got {metric_name!r}")
     if check_out:
-        root = check_writable(out)
-        out_dir = check_writable(root / exp.name) / "sweep"
-    else:
-        out_dir = Path(out) / exp.name / "sweep"
+        check_writable(out)
+    out_dir = Path(out) / exp.name / "sweep"
     fp = _fingerprint(exp.name, mode, base, spec)
-    stored_file = out_dir / SWEEP_FILE
-    if resume and stored_file.exists():
-        try:
-            stored = json.loads(stored_file.read_text())
-        except (OSError, json.JSONDecodeError):
-            raise ConfigError(f"resume directory {out_dir} has an unreadable {SWEEP_FILE}") from None
-        diff = fingerprint_diff(stored.get("fingerprint", {}), fp)
-        if diff:
-            raise ConfigError(f"resume directory {out_dir} is from a different sweep ({diff})")
+    if resume:
+        for folder in (out_dir.parent / WORK_DIR, out_dir):
+            stored = _stored_fingerprint(folder)
+            if stored is not None:
+                diff = fingerprint_diff(stored, fp)
+                if diff:
+                    raise ConfigError(f"resume directory {folder} is from a different sweep ({diff})")
+                break
     return _Plan(exp, mode, base, spec, cells, proto, (metric_name, direction), out_dir, fp)
 
 
@@ -229,16 +273,11 @@ def run_sweep(
     plan = prepare_sweep(name, spec, mode=mode, sets=sets, out=out, strategy=strategy, batch_size=batch_size, metric=metric, maximize=maximize, resume=resume)
     pi = jax.process_index() if process_index is None else process_index
     pc = jax.process_count() if process_count is None else process_count
-    out_dir = plan.out_dir
+    out_dir = plan.work_dir  # the finished sweep replaces plan.out_dir
     cells_dir = out_dir / "cells"
-    if not resume and pi == 0:
-        for sub in ("cells", "runs"):
-            shutil.rmtree(out_dir / sub, ignore_errors=True)
-        for f in ("sweep.csv", "sweep.jsonl", "best.json", "heatmap.png"):
-            (out_dir / f).unlink(missing_ok=True)
-    cells_dir.mkdir(parents=True, exist_ok=True)
     if pi == 0:
-        (out_dir / SWEEP_FILE).write_text(json.dumps({"fingerprint": plan.fingerprint}, indent=1) + "\n")
+        _prepare_work_dir(plan, resume)
+    cells_dir.mkdir(parents=True, exist_ok=True)
     distributed = jax.process_count() > 1
     if distributed:  # nobody writes a cell before process 0 has cleared the folder
         from jax.experimental import multihost_utils
@@ -296,7 +335,19 @@ def run_sweep(
         axes = plan.spec.grid_axes
         if len(axes) == 2 and not plan.spec.random and not plan.spec.configs and records:
             write_heatmap(out_dir / "heatmap.png", records, axes, *plan.metric, title=f"{plan.exp.name} sweep")
-    return SweepResult(plan.exp.name, out_dir, records, best, groups, time.perf_counter() - start, skipped)
+        replace_dir(out_dir, plan.out_dir)
+    return SweepResult(plan.exp.name, plan.out_dir, records, best, groups, time.perf_counter() - start, skipped)
+
+
+def _prepare_work_dir(plan: _Plan, resume: bool) -> None:
+    """A fresh partial folder; on resume keep it, or seed it with a finished ``sweep/``'s cells."""
+    work = plan.work_dir
+    if not resume:
+        shutil.rmtree(work, ignore_errors=True)
+    elif not work.exists() and (plan.out_dir / "cells").is_dir() and _stored_fingerprint(plan.out_dir) is not None:
+        shutil.copytree(plan.out_dir / "cells", work / "cells")
+    work.mkdir(parents=True, exist_ok=True)
+    (work / SWEEP_FILE).write_text(json.dumps({"fingerprint": plan.fingerprint}, indent=1) + "\n")
 
 
 def _allgather_json(obj: Any) -> list[Any]:
@@ -334,12 +385,12 @@ def _run_batched(plan: _Plan, todo: list[Cell], write, groups, strategy, batch_s
 
             bar = tqdm(total=len(cells), desc=f"{plan.exp.name} sweep group {gi + 1}/{len(group_of)}", leave=False, file=sys.stderr)
 
-        def on_done(idx, metrics, cells=cells, gi=gi, bar=bar):
+        def on_done(idx, metrics, how="batched", *, cells=cells, gi=gi, bar=bar):
             for i, m in zip(idx, metrics):
                 claims = list(proto.claims(cells[i].config, m)) if proto.claims is not None else []
                 if claims:
                     m = {**m, "claims_passed": sum(c.passed is True for c in claims)}
-                write(cells[i], m, claims, gi, "batched")
+                write(cells[i], m, claims, gi, how)
             if bar is not None:
                 bar.update(len(idx))
 
@@ -362,6 +413,8 @@ def _run_sequential(plan: _Plan, todo: list[Cell], write, groups, out_dir: Path,
     for c in todo:
         overrides = dict(c.config)  # the full config: base (--set included) + the cell's keys
         run_dir = out_dir / "runs" / c.id
-        result = run_experiment(plan.exp.name, plan.mode, overrides, run_dir, show_progress=show_progress, checkpoint_every=checkpoint_every, resume=resume and checkpoint_every > 0)
-        write(c, _claim_metrics(result.claims), result.claims, 0, "run_experiment")
+        label = " ".join(f"{k}={v}" for k, v in c.overrides.items()) or f"cell {c.index}"
+        result = run_experiment(plan.exp.name, plan.mode, overrides, run_dir, show_progress=show_progress, checkpoint_every=checkpoint_every,
+                                resume=resume and checkpoint_every > 0, variant=label)
+        write(c, _claim_metrics(result.claims), result.claims, 0, "sequential (run_experiment)")
     groups.append({"group": 0, "cells": len(todo), "strategy": "sequential (run_experiment)", "seconds": time.perf_counter() - t0})

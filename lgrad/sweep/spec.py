@@ -10,7 +10,9 @@ A sweep's cells are the product of
 
 in that nesting order (seeds innermost). Every value is type-checked against the
 experiment's config with :func:`lgrad.engine.apply_overrides`, so an unknown key, a
-value of the wrong type or an empty list is refused before anything is computed.
+value of the wrong type or an empty list is refused before anything is computed;
+:func:`lgrad.sweep.prepare_sweep` then checks every cell's ranges and memory
+estimate (:func:`lgrad.engine.config.validate_config`).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import math
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -27,6 +30,7 @@ from lgrad.engine.config import ConfigError, apply_overrides
 __all__ = ["Cell", "SweepSpec", "parse_grid", "parse_random", "process_slice"]
 
 RANDOM_KINDS = ("uniform", "loguniform", "int", "choice")
+MAX_CELLS = 100_000  # a sweep larger than this is refused before its cells are built
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,6 +171,11 @@ class SweepSpec:
 
         if not isinstance(self.seeds, int) or isinstance(self.seeds, bool) or self.seeds < 1:
             raise ConfigError(f"--seeds must be an integer >= 1, got {self.seeds!r}")
+        if not isinstance(self.samples, int) or isinstance(self.samples, bool) or self.samples < 0:
+            raise ConfigError(f"--samples must be an integer >= 0, got {self.samples!r}")
+        n_cells = max(len(self.configs), 1) * math.prod(len(v) for v in self.grid.values()) * max(self.samples, 1) * self.seeds
+        if n_cells > MAX_CELLS:
+            raise ConfigError(f"the sweep would have {n_cells} cells; at most {MAX_CELLS} are allowed (fewer --grid values, --samples or --seeds)")
         if self.seeds > 1 and "seed" not in base:
             raise ConfigError("--seeds: this experiment's config has no 'seed' key")
         grid: dict[str, list[Any]] = {}
@@ -199,6 +208,8 @@ class SweepSpec:
             if kind == "int" and not isinstance(default, int):
                 raise ConfigError(f"--random {key}: int draws need an int key, {key!r} is {type(default).__name__}")
             low, high = float(dist[1]), float(dist[2])
+            if not (math.isfinite(low) and math.isfinite(high)):
+                raise ConfigError(f"--random {key}: LOW and HIGH must be finite, got {low:g} and {high:g}")
             if not low < high:
                 raise ConfigError(f"--random {key}: LOW must be < HIGH, got {low:g} and {high:g}")
             if kind == "loguniform" and low <= 0:
