@@ -34,8 +34,10 @@ from :mod:`lgrad.distributed.comm`'s static counts); the exact integers are also
 kept in ``algorithm.traffic`` once ``round`` has been traced.
 
 Inputs and state. Client data is a :class:`lgrad.federated.ClientData`. With
-``backend="mesh"`` place the data with :func:`shard_workers` once (``init``
-places the state itself); under ``lgrad launch`` every process runs the same
+``backend="mesh"`` place the data once with :func:`shard_workers` (split over the
+workers for :func:`worker_algorithm`; ``replicate=True`` for
+:func:`server_algorithm`, whose round gathers the sampled clients); ``init``
+places the state itself. Under ``lgrad launch`` every process runs the same
 program and reads the same replicated metrics.
 """
 from __future__ import annotations
@@ -96,11 +98,16 @@ def _mesh(n: int, backend: str, axis_name: str, devices) -> jax.sharding.Mesh | 
 
 
 def shard_workers(tree: Any, *, n_workers: int, backend: str = "vmap", axis_name: str = comm.AXIS,
-                  devices: Sequence[Any] | None = None) -> Any:
-    """Place a pytree whose leaves have a leading worker axis: split over the mesh
-    for ``backend="mesh"``/``"pmap"`` (also across processes), unchanged for ``vmap``."""
+                  devices: Sequence[Any] | None = None, replicate: bool = False) -> Any:
+    """Place a pytree for ``backend``: with ``"mesh"``/``"pmap"`` its leaves (leading
+    worker axis) are split over the mesh, or copied to every device with
+    ``replicate=True`` (a server algorithm's client data, which the round indexes);
+    under ``jax.distributed`` each process builds only its own shards. Unchanged
+    for ``"vmap"``."""
     mesh = _mesh(n_workers, _check_backend(backend), axis_name, devices)
-    return tree if mesh is None else place(tree, NamedSharding(mesh, P(axis_name)))
+    if mesh is None:
+        return tree
+    return place(tree, NamedSharding(mesh, P() if replicate else P(axis_name)))
 
 
 def _replicated(tree: Any, mesh) -> Any:
@@ -370,8 +377,10 @@ def server_algorithm(
     def init(key, params):
         del key
         flat, _ = ravel_stacked(_stack(params, 1))
-        return ServerState(params, setup.server_optimizer.init(params), jax.vmap(client.init)(_stack(params, n)),
-                           setup.aggregator.init(n, flat.shape[1], flat.dtype), jnp.zeros([], jnp.int32))
+        state = ServerState(params, setup.server_optimizer.init(params), jax.vmap(client.init)(_stack(params, n)),
+                            setup.aggregator.init(n, flat.shape[1], flat.dtype), jnp.zeros([], jnp.int32))
+        # the server's state lives on every device of the mesh (and process)
+        return state if setup.mesh is None else place(state, NamedSharding(setup.mesh, P()))
 
     def round_fn(state, data, key):
         _check_clients(data, n)
