@@ -2,7 +2,7 @@ r"""Attention as a max-margin token selector: the Att-SVM of Tarzanagh et al. (2
 
 Reference: D. A. Tarzanagh, Y. Li, C. Thrampoulidis, S. Oymak, "Transformers as
 Support Vector Machines", arXiv:2308.16898 (2023). Notation and equation numbers
-follow the paper (and PAPERS.md A1).
+follow the paper (our account: ``docs/papers/attention-svm.md``).
 
 The model (the paper's Eq. 1 with a fixed linear head and a query ``z`` drawn
 independently of the tokens, i.e. cross-attention):

@@ -2,7 +2,7 @@
 
 * :mod:`lgrad.robust.aggregators` -- ``mean``, ``median``, ``trimmed_mean``,
   ``krum``, ``multi_krum``, ``geometric_median``, ``nnm``, ``nna``,
-  ``centered_clipping`` on stacked vectors (n, d) (byzfl semantics, PAPERS.md C2);
+  ``centered_clipping`` on stacked vectors (n, d) (byzfl semantics; ``docs/papers/monna-robustness.md#robust-aggregators``);
 * :mod:`lgrad.robust.tree` -- the same on pytrees and inside the worker axis;
 * :mod:`lgrad.robust.attacks` -- sign flip, ALIE, FOE, noise, line search, label
   flips, unreliable data;

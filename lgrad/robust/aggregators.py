@@ -1,7 +1,7 @@
 r"""Robust aggregators on stacked vectors ``x`` of shape (n, d) (byzfl semantics).
 
 Every function is pure ``jax.numpy``: jit- and vmap-safe, with ``f`` (and the
-other integer options) static Python integers. Semantics follow PAPERS.md C2 and
+other integer options) static Python integers. Semantics follow ``docs/papers/monna-robustness.md#robust-aggregators`` and
 the conventions of the byzfl library (Allouah et al.):
 
 =====================  ==========================================================

@@ -1,8 +1,8 @@
 r"""MUD-HoG: detect malicious and unreliable clients from long/short histories.
 
-Gupta, Luo, Lee, Qin, Ding, "Long-Short History of Gradients is All You Need:
+Gupta, Luo, Ngo, Das, "Long-Short History of Gradients is All You Need:
 Detecting Malicious and Unreliable Clients in Federated Learning", ESORICS 2022
-(Section 4, Algorithm 1); PAPERS.md C3.
+(Section 4, Algorithm 1); our account: ``docs/papers/mudhog-detection.md``.
 
 Server-side, per round t (from 1) with the clients' model changes
 :math:`\Delta_i^t` (n, d):
@@ -29,8 +29,8 @@ and from round ``start_round`` (3) on, among the clients not yet flagged:
    least ``unreliable_gap`` (guard, as in 3).
 
 A suspect is *confirmed* (flagged for good) after ``delays`` consecutive suspect
-rounds: 2 for sign flipping and noise, 4 for targeted (PAPERS.md C3); the
-unreliable delay is not in PAPERS.md, default 4. The server aggregates the
+rounds: 2 for sign flipping and noise, 4 for targeted (the authors' code); the
+unreliable delay is our choice, default 4 (``docs/papers/mudhog-detection.md#deviations-from-the-paper-and-why``). The server aggregates the
 unflagged clients (:func:`aggregate`).
 
 All of it is jnp (DBSCAN, 2-means and the largest-gap split are small masked

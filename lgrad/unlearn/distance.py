@@ -10,7 +10,7 @@ __all__ = ["re_distance"]
 
 
 def re_distance(pred_u: Any, pred_r: Any) -> jax.Array:
-    r"""RE distance of Yu et al. 2025 (Def. of retrain equivalence; PAPERS.md A4).
+    r"""RE distance of Yu et al. 2025 (Def. of retrain equivalence; ``docs/papers/unlearning-paths.md#what-we-implement``).
 
     .. math::
         d(\theta_u, \theta_r) = \frac{1}{m}\sum_{i=1}^{m}

@@ -46,7 +46,7 @@ def gradient_ascent_loss(logp: Any) -> jax.Array:
 
     Minimising :math:`L_{GA}` is gradient *ascent* on the forget-set negative
     log-likelihood. For squared-error regression pass ``logp = -(x_i^T theta - y_i)^2``
-    (a Gaussian log-likelihood up to constants) to get the update of PAPERS.md A4.
+    (a Gaussian log-likelihood up to constants) to get the update of ``docs/papers/unlearning-paths.md#what-we-implement``.
 
     Example:
       >>> import jax.numpy as jnp
@@ -96,7 +96,7 @@ def simnpo_loss(logp: Any, *, beta: float = 1.0, gamma: float = 0.0, lengths: An
           \log \sigma\!\Big(-\frac{\beta}{|y_i|}\log \pi_\theta(y_i|x_i) - \gamma\Big)
 
     With the defaults (``gamma = 0``, ``lengths = None`` i.e. :math:`|y_i| = 1`) this is
-    PAPERS.md A4's form :math:`-(2/\beta)\log\sigma(-\beta\log\pi_\theta)`, beta = 1.
+    The form in ``docs/papers/unlearning-paths.md#what-we-implement``, :math:`-(2/\beta)\log\sigma(-\beta\log\pi_\theta)`, beta = 1.
     Pass ``lengths`` (tokens per sequence) for SimNPO's length normalisation.
 
     Example:
