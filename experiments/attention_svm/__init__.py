@@ -38,6 +38,7 @@ import numpy as np
 
 from lgrad.analysis import attention_svm as asvm
 from lgrad.engine import Claim, RunContext
+from lgrad.engine.config import Float, Int
 
 NAME = "attention-svm"
 PAPER = "Tarzanagh, Li, Thrampoulidis, Oymak 2023, Transformers as Support Vector Machines (arXiv:2308.16898)"
@@ -64,6 +65,37 @@ CONFIGS = {
     "full": dict(_COMMON, seeds=400, sweep_ds=[2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 48], sweep_problems=400),
 }
 SMOKE = dict(seeds=2, steps=40, eval_every=10, check_fro_at=30, check_nuc_at=40, sweep_ds=[2, 4], sweep_problems=2, sweep_steps=30)
+# What `lgrad run --set` / `lgrad sweep` accept (lgrad.engine.config; refused before any compute).
+LIMITS = {
+    "n": Int(min=1),
+    "T": Int(min=2),  # a token must be selected against at least one other
+    "d": Int(min=1),
+    "reg": Float(gt=0),
+    "eval_every": Int(min=1),
+    "check_fro_at": Int(min=1),
+    "check_nuc_at": Int(min=1),
+    "sweep_steps": Int(min=1),
+    "seeds": Int(min=1),
+    "sweep_ds": Int(min=1),
+    "sweep_problems": Int(min=1),
+}
+
+
+def check_config(cfg: dict[str, Any]) -> None:
+    """The two check points are multiples of eval_every within the run."""
+    for k in ("check_fro_at", "check_nuc_at"):
+        if cfg[k] % cfg["eval_every"] or not 0 < cfg[k] <= cfg["steps"]:
+            raise ValueError(f"{k}={cfg[k]}: expected a multiple of eval_every={cfg['eval_every']} in (0, steps={cfg['steps']}]")
+
+
+def memory_estimate(cfg: dict[str, Any]) -> int:
+    """Bytes (float64): the problems and the (W, K, Q) iterates recorded every
+    eval_every steps for every seed, and the same for the d-sweep's problems."""
+    d, S = cfg["d"], cfg["seeds"]
+    main = 8 * S * (2 * cfg["n"] * cfg["T"] * d + 4 * d * d * (cfg["steps"] // cfg["eval_every"] + 2))
+    D = max(cfg["sweep_ds"], default=1)
+    sweep = 8 * cfg["sweep_problems"] * (2 * cfg["n"] * cfg["T"] * D + 4 * D * D * (cfg["sweep_steps"] // cfg["eval_every"] + 2))
+    return main + sweep
 
 
 def run(config: dict[str, Any], ctx: RunContext) -> list[Claim]:

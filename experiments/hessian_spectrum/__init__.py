@@ -46,6 +46,7 @@ import optax
 
 from lgrad.analysis import hessian as hs
 from lgrad.engine import Claim, RunContext, fit
+from lgrad.engine.config import Float, Int
 
 NAME = "hessian-spectrum"
 PAPER = "Sagun et al. 2017, Empirical Analysis of the Hessian of Over-Parametrized Neural Networks (arXiv:1706.04454)"
@@ -112,6 +113,38 @@ LOSS = hs.cross_entropy_loss(predict)
 
 def n_params(dim: int, width: int, k: int) -> int:
     return dim * width + width + width * k + k
+
+
+# What `lgrad run --set` / `lgrad sweep` accept (lgrad.engine.config; refused before any compute).
+LIMITS = {
+    "dim": Int(min=1),
+    "n_points": Int(min=2),
+    "mean_norm": Float(min=0),
+    "noise": Float(min=0),
+    "zero_rel": Float(gt=0, lt=1),
+    "tukey_factor": Float(gt=0),
+    "top_compare": Int(min=1),
+    "lanczos_k": Int(min=1),
+    "lanczos_iters": Int(min=1),
+    "lanczos_check_width": Int(min=1),
+    "slq_probes": Int(min=1),
+    "slq_iters": Int(min=1),
+    "widths": Int(min=1),
+    "ks": Int(min=2),  # classes of the mixture
+    "large_widths": Int(min=1),
+    "large_k": Int(min=2),
+}
+
+
+def memory_estimate(cfg: dict[str, Any]) -> int:
+    """Bytes (float64): the dense Hessian and Gauss-Newton matrices of the largest
+    exact model with eigh's copies (4 n^2), the Lanczos/SLQ bases of the largest
+    Lanczos model, the data and the loss history."""
+    exact = max((n_params(cfg["dim"], w, k) for w in cfg["widths"] for k in cfg["ks"]), default=0)
+    large = max((n_params(cfg["dim"], w, cfg["large_k"]) for w in cfg["large_widths"]), default=0)
+    basis = large * (2 * cfg["lanczos_iters"] + cfg["slq_probes"] * cfg["slq_iters"] + 8)
+    acts = cfg["n_points"] * max([*cfg["widths"], *cfg["large_widths"], 1]) * 4
+    return 8 * (4 * exact * exact + basis + acts + cfg["n_points"] * (cfg["dim"] + 1) + cfg["steps"])
 
 
 # ----------------------------------------------------------------------------- spectra stats

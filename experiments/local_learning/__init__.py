@@ -30,6 +30,7 @@ from flax import nnx
 from lgrad.bench import compiled_memory
 from lgrad.data import digits, mnist5k, train_test_split
 from lgrad.engine import Claim, RunContext
+from lgrad.engine.config import Choice, Float, Int
 from lgrad.local import LocalLearner
 from lgrad.local import models as M
 
@@ -94,6 +95,40 @@ SMOKE = dict(
     datasets=["digits"], models=["mlp"], rules=["backprop", "tpsgd"], cnn_datasets=[], epochs=1, digits_epochs=1,
     mlp_width=32, mem_batch=64, mem_depths=[2, 3],
 )
+# What `lgrad run --set` / `lgrad sweep` accept (lgrad.engine.config; refused before any compute).
+LIMITS = {
+    "datasets": Choice("digits", "mnist5k"),
+    "cnn_datasets": Choice("digits", "mnist5k"),
+    "models": Choice("mlp", "cnn", "rnn"),
+    "rules": Choice(*ALL_RULES),
+    "digits_epochs": Int(min=1),
+    "mlp_width": Int(min=1),
+    "mlp_hidden": Int(min=1),
+    "cnn_channels": Int(min=1),
+    "cnn_convs": Int(min=1),
+    "rnn_hidden": Int(min=1),
+    "tpsgd_loss": Choice("l2", "l1", "ce"),
+    "man_momentum": Float(min=0, lt=1),
+    "auglocal_depth": Int(min=1),
+    "mem_batch": Int(min=1),
+    "mem_depths": Int(min=2),
+    "test_fraction": Float(gt=0, lt=1),
+}
+
+
+def memory_estimate(cfg: dict[str, Any]) -> int:
+    """Bytes (float32, a rough lower bound): the MNIST-5k arrays, the widest model's
+    parameters with Adam state (x4), and the activations of the memory probe
+    (``mem_batch`` rows through the deepest ``mem_depths`` model, CNN maps included)."""
+    pixels, classes = 28 * 28, 10
+    w, h = cfg["mlp_width"], cfg["mlp_hidden"]
+    mlp = pixels * w + (h - 1) * w * w + w * classes
+    rnn = 28 * cfg["rnn_hidden"] + cfg["rnn_hidden"] ** 2
+    params = 4 * 4 * max(mlp, rnn, 9 * cfg["cnn_channels"] ** 2 * cfg["cnn_convs"])
+    depth = max(cfg["mem_depths"], default=h)
+    acts = 4 * cfg["mem_batch"] * max(depth * w, cfg["cnn_convs"] * cfg["cnn_channels"] * pixels if "cnn" in cfg["models"] else 0)
+    probe = 4 * 4 * (pixels * w + depth * w * w)
+    return 4 * 5000 * pixels + params + acts + probe + 4 * cfg["batch_size"] * pixels
 
 # which rules run on which model (the RNN is tpSGD's extension; the others are not defined for it here)
 MODEL_RULES = {"mlp": ALL_RULES, "cnn": ALL_RULES, "rnn": ["backprop", "tpsgd"]}

@@ -40,6 +40,7 @@ import jax
 import numpy as np
 
 from lgrad.engine import Claim, RunContext
+from lgrad.engine.config import Choice, Float, Int
 
 from .classifier import run_classifier
 from .linear import run_linear
@@ -71,6 +72,49 @@ CONFIGS = {
     "full": dict(seed=0, **_LIN, lin_T=60, **dict(_CLF, clf_stage_steps=400), clf_orders_per_position=6),
 }
 SMOKE = dict(lin_d=20, lin_n_a=6, lin_n_b=6, lin_m=30, lin_k=3, lin_T=12, lin_stage_steps=2000, clf_stage_steps=5, clf_orders_per_position=1, clf_positions=[4], clf_hidden=16, unlearn_steps=3, unlearn_methods=["npo"])
+
+# What `lgrad run --set` / `lgrad sweep` accept (lgrad.engine.config; refused before any compute).
+LIMITS = {
+    "lin_d": Int(min=1),
+    "lin_n_a": Int(min=1),
+    "lin_n_b": Int(min=1),
+    "lin_m": Int(min=1),
+    "lin_k": Int(min=1),
+    "lin_mu": Float(gt=0),
+    "lin_eta": Float(gt=0),
+    "lin_noise": Float(min=0),
+    "lin_stage_steps": Int(min=1),
+    "lin_T": Int(min=1),
+    "clf_n_forget": Int(min=1),
+    "clf_forget_labels": Choice("shift", "random"),
+    "clf_stage_steps": Int(min=1),
+    "clf_lr": Float(gt=0),
+    "clf_batch": Int(min=1),
+    "clf_proximal": Float(min=0),
+    "clf_hidden": Int(min=1),
+    "unlearn_lr": Float(gt=0),
+    "unlearn_steps": Int(min=1),
+    "clf_positions": Int(min=1, max=4),  # the forget stage's position among the 4 stages
+    "unlearn_methods": Choice("ga", "npo", "simnpo"),
+    "clf_orders_per_position": Int(min=1),
+}
+
+
+def check_config(cfg: dict[str, Any]) -> None:
+    """The forget set is the first ``lin_k`` rows of A."""
+    if cfg["lin_k"] > cfg["lin_n_a"]:
+        raise ValueError(f"lin_k={cfg['lin_k']}: expected at most lin_n_a={cfg['lin_n_a']} (the forget rows are rows of A)")
+
+
+def memory_estimate(cfg: dict[str, Any]) -> int:
+    """Bytes (float64): the linear part's d x d matrices and its T-step trajectories,
+    and the classifier's parameters for every order with their Adam state."""
+    d = cfg["lin_d"]
+    rows = cfg["lin_n_a"] + cfg["lin_n_b"] + cfg["lin_m"]
+    linear = 8 * (6 * d * d + rows * d + 4 * cfg["lin_T"] * (d + rows))
+    params = 64 * cfg["clf_hidden"] + cfg["clf_hidden"] * 10
+    orders = cfg["clf_orders_per_position"] * max(len(cfg["clf_positions"]), 1) * max(len(cfg["unlearn_methods"]), 1)
+    return linear + 8 * 4 * params * (orders + 4) + 8 * 1797 * 65
 
 
 def run(config: dict[str, Any], ctx: RunContext) -> list[Claim]:

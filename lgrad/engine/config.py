@@ -14,6 +14,9 @@ An experiment module may declare, next to ``CONFIGS``::
     def memory_estimate(config) -> int:      # bytes its arrays need (a cheap estimate)
         ...
 
+    def check_config(config) -> None:        # optional: constraints between keys
+        ...                                  # raise ValueError("key=value: what is allowed")
+
 Keys without an entry fall back to :data:`GENERIC_LIMITS` (matched by name, e.g.
 ``steps``, ``n_*``, ``learning_rate``). :func:`validate_config` applies both, plus the
 memory guard, and raises :class:`ConfigError` with one line naming the key, the
@@ -256,6 +259,7 @@ def validate_config(
     estimate: Callable[[Mapping[str, Any]], int] | None = None,
     defaults: Mapping[str, Any] | None = None,
     changed: Mapping[str, Any] | None = None,
+    check: Callable[[Mapping[str, Any]], None] | None = None,
     source: str | Callable[[str], str] = "config",
     available: int | None = None,
 ) -> None:
@@ -267,6 +271,8 @@ def validate_config(
       estimate: ``memory_estimate(config) -> bytes`` (default: :func:`generic_memory_estimate`).
       defaults: the unmodified config (types of float keys: a float key stays finite).
       changed: the keys the user set (named in the memory error), default none.
+      check: the experiment's ``check_config(config)`` (constraints between keys);
+        a ``ValueError`` it raises is refused with its message.
       source: how the user set values, for the message (``--set``, ``--grid``, ...), or
         a function of the key giving it.
       available: bytes available (default: :func:`available_memory`).
@@ -280,6 +286,12 @@ def validate_config(
         bad = _check_one(key, value, limits_for(key, limits), default)
         if bad:
             raise ConfigError(f"{where(key)} {key}={_show(value)}: expected {bad}")
+    if check is not None:
+        try:
+            check(config)
+        except ValueError as e:
+            first = next(iter(changed or {}), "")
+            raise ConfigError(f"{where(first)} {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     try:
         need = int((estimate or generic_memory_estimate)(config))
     except (OverflowError, ValueError, TypeError, KeyError, ZeroDivisionError) as e:

@@ -223,8 +223,8 @@ def experiment_config(
     exp: Experiment | str, mode: str = "quick", overrides: Mapping[str, Any] | None = None, *, source: str = "--set"
 ) -> dict[str, Any]:
     """``exp``'s ``mode`` config with ``overrides`` applied, type-checked and validated
-    against the experiment's ``LIMITS`` (and the generic ones) and its memory estimate.
-    Raises ``ConfigError`` (one line) before anything is computed."""
+    against the experiment's ``LIMITS`` (and the generic ones), its ``check_config``
+    and its memory estimate. Raises ``ConfigError`` (one line) before anything is computed."""
     if isinstance(exp, str):
         exp = get(exp)
     base = exp.config(mode)
@@ -235,7 +235,8 @@ def experiment_config(
         estimate=getattr(exp.module, "memory_estimate", None),
         defaults=base,
         changed={k: config[k] for k in (overrides or {})},
-        source=source,
+        check=getattr(exp.module, "check_config", None),
+        source=source if overrides else "config",
     )
     return config
 

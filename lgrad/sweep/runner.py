@@ -143,7 +143,8 @@ def _validate_cells(exp: Any, mode: str, spec: SweepSpec, cells: list[Cell]) -> 
         if key in seen:
             continue
         seen.add(key)
-        validate_config(cell.config, limits, estimate=estimate, defaults=base, changed=cell.overrides, source=flag)
+        validate_config(cell.config, limits, estimate=estimate, defaults=base, changed=cell.overrides,
+                        check=getattr(exp.module, "check_config", None), source=flag)
 
 
 def _stored_fingerprint(folder: Path) -> dict[str, Any] | None:
