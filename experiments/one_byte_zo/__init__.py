@@ -1,15 +1,22 @@
-"""Shared-randomness zeroth-order training with one byte per worker per step (PAPERS.md B3).
+"""Shared-randomness zeroth-order training with one byte per worker per step (docs/papers/one-byte-zo.md).
 
 Papers: Malladi et al., "Fine-Tuning Language Models with Just Forward Passes"
 (MeZO, NeurIPS 2023, SPSA Eq. 1 / Algorithm 1); Zelikman et al., "Just One Byte
 (per gradient): A Note on Low-Bandwidth Decentralized Language Model Finetuning
 Using Shared Randomness" (2023).
-Command: ``lgrad run one-byte-zo --quick`` (``--full``: more samples and steps).
+Command: ``lgrad run one-byte-zo --quick`` (``--full``: more samples and steps;
+``--set backend=mesh`` runs the workers on a device mesh).
 Expected: on linear regression (d = 100, 10^4 samples) the mean of the SPSA
 estimates has cosine > 0.95 with the true gradient; 4 workers exchanging only their
 projected gradients (keys per (step, worker, sample) via ``fold_in``) stay bitwise
 identical after 500 steps; the 1-byte log code ends within 5% of the float32
 exchange's final loss; each worker sends exactly 1 byte per step.
+
+Training is the library's: :func:`lgrad.federated.worker_algorithm` running
+:func:`lgrad.optim.mezo` (``gradient=False``: the rule calls the loss itself), so the
+bytes counted are those of the transform users import. The cosine claim is a
+measurement with the library's ``sample_key`` / ``perturb`` /
+``spsa_projected_gradient``.
 """
 from __future__ import annotations
 
@@ -18,17 +25,25 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
+from lgrad import federated
 from lgrad.data.synthetic import linear_regression
-from lgrad.distributed import comm, make_program
+from lgrad.distributed import comm
 from lgrad.engine import Claim, RunContext, run_loop
-from lgrad.optim.zeroth_order import mezo, perturb, sample_key, spsa_projected_gradient
+from lgrad.engine.config import Choice, Float, Int
+from lgrad.optim import mezo, perturb, sample_key, spsa_projected_gradient
 
 NAME = "one-byte-zo"
 PAPER = "Malladi et al. 2023 (MeZO) and Zelikman et al. 2023 (Just One Byte per gradient)"
 DESCRIPTION = "4 workers, SPSA with shared randomness on linear regression: float32 vs 1-byte projected gradients."
 EXPECTED = "cosine > 0.95; replicas bitwise identical after 500 steps; 1-byte within 5% of float; 1 byte/step/worker."
+#: The claims' thresholds (never tuned after seeing a result).
+CRITERIA = {
+    "cosine_min": 0.95,  # cosine(mean SPSA estimate, true gradient)
+    "relative_gap_max": 0.05,  # |final loss 1-byte - float| / float
+    "bytes_per_sample": 1,  # 1-byte code: bytes per worker per step per SPSA sample
+    "collective_calls": 1,  # collectives per worker per step
+}
 
 CONFIGS = {
     "quick": dict(
@@ -41,132 +56,206 @@ CONFIGS = {
     ),
 }
 SMOKE = dict(n_samples=2000, steps=40, cosine_samples=256)
+#: Input limits (keys not named here -- seed, n_samples, steps, learning_rate, eps --
+#: take lgrad.engine.config.GENERIC_LIMITS).
+LIMITS = {
+    "dim": Int(min=1, max=10**6),
+    "noise": Float(min=0),
+    "n_workers": Int(min=1, max=256),
+    "batch_per_worker": Int(min=1),
+    "samples_per_worker": Int(min=1, max=1024),
+    "codec_scale": Float(gt=0),
+    "cosine_samples": Int(min=1, max=10**7),
+    "backend": Choice("vmap", "mesh"),
+}
+#: Backend-equivalence probe: 8 workers on a small problem.
+PROBE = dict(n_workers=8, n_samples=2000)
 
 
-def run(config: dict[str, Any], ctx: RunContext) -> list[Claim]:
-    cfg = config
-    n, bsz, S = cfg["n_workers"], cfg["batch_per_worker"], cfg["samples_per_worker"]
-    data = linear_regression(cfg["n_samples"], dim=cfg["dim"], noise=cfg["noise"], seed=cfg["seed"])
+def check_config(cfg) -> None:
+    """Constraints between keys."""
+    if cfg["n_samples"] < cfg["n_workers"]:
+        raise ValueError(f"n_samples={cfg['n_samples']} must be >= n_workers={cfg['n_workers']} (one row per worker at least)")
+
+
+# ----------------------------------------------------------------------------- problem and data
+def _problem(cfg):
+    return linear_regression(cfg["n_samples"], dim=cfg["dim"], noise=cfg["noise"], seed=cfg["seed"])
+
+
+def _full_loss(data):
     x, y = jnp.asarray(data.x), jnp.asarray(data.y)
-    d = cfg["dim"]
 
     def full_loss(p):
         r = x @ p["w"] - y
         return 0.5 * jnp.mean(r * r)
 
-    params0 = {"w": jnp.zeros((d,), jnp.float32)}
+    return full_loss
 
-    # ---- 1. direction of the mean SPSA estimate on the full-data loss -----------------
-    true_g = jax.grad(full_loss)(params0)["w"]
+
+def _loss(p, batch):
+    xb, yb = batch
+    r = xb @ p["w"] - yb
+    return 0.5 * jnp.mean(r * r)
+
+
+def _params0(cfg):
+    return {"w": jnp.zeros((cfg["dim"],), jnp.float32)}
+
+
+def _client_data(cfg, data):
+    """Equal random shards (a permutation cut in n), placed for the backend."""
+    n = cfg["n_workers"]
+    perm = np.random.default_rng(cfg["seed"]).permutation(len(data.y))
+    m = len(perm) // n
+    parts = list(perm[: n * m].reshape(n, m))
+    stacked = federated.stack_clients(parts, np.asarray(data.x, np.float32), np.asarray(data.y, np.float32))
+    return federated.shard_workers(stacked, n_workers=n, backend=cfg["backend"])
+
+
+# ----------------------------------------------------------------------------- training
+def _algorithm(cfg, codec):
+    tx = mezo(cfg["learning_rate"], eps=cfg["eps"], num_samples=cfg["samples_per_worker"], seed=cfg["seed"] + 1,
+              axis_name="workers", codec=codec, codec_scale=cfg["codec_scale"])
+    return federated.worker_algorithm(tx, _loss, n_workers=cfg["n_workers"], batch_size=cfg["batch_per_worker"],
+                                      gradient=False, backend=cfg["backend"])
+
+
+def _round_step(alg, data, key, full_loss):
+    """``run_loop`` step: one round keyed by ``fold_in(key, round)``; metric: the
+    full-data loss of replica 0 after the round and the bytes each worker sent."""
+
+    def step(state):
+        state, met = alg.round(state, data, jax.random.fold_in(key, state.round))
+        p0 = jax.tree.map(lambda a: a[0], state.params)
+        return state, {"loss": full_loss(p0), "bytes": met["bytes_sent"]}
+
+    return step
+
+
+def _collective_calls(alg, state, data) -> int:
+    """Collectives one worker issues per round (counted while tracing one round)."""
+    with comm.counting() as sent:
+        jax.eval_shape(alg.round, state, data, jax.random.PRNGKey(0))
+    return sent.calls
+
+
+def _train(cfg, codec, data, full_loss, progress=None, steps=None):
+    alg = _algorithm(cfg, codec)
+    state = alg.init(jax.random.PRNGKey(0), _params0(cfg))
+    calls = _collective_calls(alg, state, data)
+    step = _round_step(alg, data, jax.random.PRNGKey(cfg["seed"] + 2), full_loss)
+    res = run_loop(step, state, steps=cfg["steps"] if steps is None else steps, progress=progress)
+    return res, alg.traffic["bytes_sent"], calls
+
+
+def backend_probe(config: dict, backend: str, rounds: int = 3) -> dict[str, np.ndarray]:
+    """``rounds`` rounds of both codecs exactly as :func:`run` trains them, on
+    ``backend``: final parameters and per-round metrics as numpy arrays."""
+    cfg = dict(config, backend=backend)
+    problem = _problem(cfg)
+    data, full_loss = _client_data(cfg, problem), _full_loss(problem)
+    out: dict[str, np.ndarray] = {}
+    for codec in ("float", "one_byte"):
+        res, _, _ = _train(cfg, codec, data, full_loss, steps=rounds)
+        out[f"{codec}/params/w"] = np.asarray(res.state.params["w"])
+        out |= {f"{codec}/{k}": np.asarray(v) for k, v in res.history.items()}
+    return out
+
+
+# ----------------------------------------------------------------------------- measurements
+def _cosine_curve(cfg, full_loss):
+    """Cosine of the mean of the first c SPSA estimates (the protocol's keys of step 0)
+    with the true gradient at w0, for growing c."""
+    n, params0 = cfg["n_workers"], _params0(cfg)
+    true_g = np.asarray(jax.grad(full_loss)(params0)["w"], np.float64)
     base = jax.random.PRNGKey(cfg["seed"] + 100)
 
     @jax.jit
     def estimates(idx):
         def one(i):
-            k = sample_key(base, 0, i % n, i // n)  # the protocol's keys of step 0
+            k = sample_key(base, 0, i % n, i // n)
             pg = spsa_projected_gradient(full_loss, params0, k, cfg["eps"])
-            return perturb({"w": jnp.zeros((d,))}, k, pg)["w"]
+            return perturb(jax.tree.map(jnp.zeros_like, params0), k, pg)["w"]
 
         return jax.lax.map(one, idx)
 
     est = np.asarray(estimates(jnp.arange(cfg["cosine_samples"])), np.float64)
-    tg = np.asarray(true_g, np.float64)
-    cos = lambda a: float(a @ tg / (np.linalg.norm(a) * np.linalg.norm(tg)))  # noqa: E731
-    mean_cos = cos(est.mean(0))
+    cos = lambda a: float(a @ true_g / (np.linalg.norm(a) * np.linalg.norm(true_g)))  # noqa: E731
     counts = [c for c in (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536) if c <= len(est)]
-    cos_curve = [cos(est[:c].mean(0)) for c in counts]
+    return cos(est.mean(0)), counts, [cos(est[:c].mean(0)) for c in counts]
+
+
+def _summarise(cfg, res, bytes_sent, calls) -> dict[str, Any]:
+    w = np.asarray(res.state.params["w"])
+    return dict(
+        loss=np.asarray(res.history["loss"]), final=float(res.history["loss"][-1]),
+        identical=all(w[i].tobytes() == w[0].tobytes() for i in range(cfg["n_workers"])),
+        bytes_per_step=float(bytes_sent), bytes_history_max=float(np.max(res.history["bytes"])), calls=calls,
+        skipped=int(np.asarray(res.state.opt_state[0].skipped).max()),
+    )
+
+
+def run(config: dict[str, Any], ctx: RunContext) -> list[Claim]:
+    cfg = config
+    check_config(cfg)
+    problem = _problem(cfg)
+    full_loss = _full_loss(problem)
+    mean_cos, counts, cos_curve = _cosine_curve(cfg, full_loss)
     ctx.log("cosine", counts=counts, cosine=cos_curve)
-
-    # ---- 2. 4-worker training, float vs 1-byte exchange ------------------------------
-    perm = np.random.default_rng(cfg["seed"]).permutation(len(data.y))
-    m = len(perm) // n
-    xs = jnp.asarray(data.x[perm[: n * m]].reshape(n, m, d))
-    ys = jnp.asarray(data.y[perm[: n * m]].reshape(n, m))
-
-    def train(codec: str):
-        tx = mezo(cfg["learning_rate"], eps=cfg["eps"], num_samples=S, seed=cfg["seed"] + 1, axis_name="workers",
-                  codec=codec, codec_scale=cfg["codec_scale"])
-        bytes_box: dict[str, int] = {}
-
-        def worker(p, s, xw, yw, key):
-            idx = jax.random.randint(key, (bsz,), 0, m)
-            xb, yb = xw[idx], yw[idx]
-
-            def loss_fn(q):
-                r = xb @ q["w"] - yb
-                return 0.5 * jnp.mean(r * r)
-
-            with comm.counting() as sent:
-                upd, s = tx.update(None, s, p, loss_fn=loss_fn)
-                p = optax.apply_updates(p, upd)
-            bytes_box["bytes"], bytes_box["calls"] = sent.bytes, sent.calls
-            return p, s, {"bytes": jnp.asarray(sent.bytes, jnp.float32)}
-
-        prog = make_program(worker, n_workers=n, backend=cfg["backend"], in_axes=(0, 0, 0, 0, 0))
-        data_key = jax.random.PRNGKey(cfg["seed"] + 2)
-
-        def step(c):
-            p, s, t = c
-            keys = jax.random.split(jax.random.fold_in(data_key, t), n)
-            p, s, met = prog(p, s, xs, ys, keys)
-            return (p, s, t + 1), {"loss": full_loss(jax.tree.map(lambda a: a[0], p)), "bytes": met["bytes"][0]}
-
-        rep = lambda t: jax.tree.map(lambda a: jnp.broadcast_to(a, (n,) + a.shape), t)  # noqa: E731
-        carry = (rep(params0), jax.vmap(tx.init)(rep(params0)), jnp.zeros([], jnp.int32))
-        res = run_loop(step, carry, steps=cfg["steps"], progress=ctx.progress)
-        return res, dict(bytes_box)
-
+    data = _client_data(cfg, problem)
     runs = {}
     for codec in ctx.progress(("float", "one_byte"), total=2, desc="codecs"):
-        res, counted = train(codec)
-        w = np.asarray(res.state[0]["w"])
-        identical = all(w[i].tobytes() == w[0].tobytes() for i in range(n))
-        runs[codec] = dict(
-            loss=np.asarray(res.history["loss"]), final=float(res.history["loss"][-1]), identical=identical,
-            bytes_per_step=float(res.history["bytes"][0]), calls=counted.get("calls"),
-            skipped=int(np.asarray(res.state[1].skipped).max()),
-        )
+        res, bytes_sent, calls = _train(cfg, codec, data, full_loss, progress=ctx.progress)
+        runs[codec] = _summarise(cfg, res, bytes_sent, calls)
         ctx.log_history(codec, {"loss": res.history["loss"]}, every=5)
-    floor = float(full_loss({"w": jnp.asarray(np.linalg.lstsq(data.x, data.y, rcond=None)[0])}))
-    init = float(full_loss(params0))
+    lstsq = np.linalg.lstsq(problem.x, problem.y, rcond=None)[0]
+    floor = float(full_loss({"w": jnp.asarray(lstsq, jnp.float32)}))
+    init = float(full_loss(_params0(cfg)))
     rel = abs(runs["one_byte"]["final"] - runs["float"]["final"]) / runs["float"]["final"]
-    ctx.log("summary", mean_cosine=mean_cos, init_loss=init, least_squares_loss=floor,
+    ctx.log("summary", mean_cosine=mean_cos, init_loss=init, least_squares_loss=floor, backend=cfg["backend"],
             **{f"{c}_{k}": v for c, r in runs.items() for k, v in r.items() if k != "loss"})
-    _plot(ctx, runs, counts, cos_curve, floor)
+    _plot(ctx, runs, counts, cos_curve, floor, cfg["n_workers"])
+    return _claims(cfg, mean_cos, counts, cos_curve, runs, rel, init, floor)
 
+
+def _claims(cfg, mean_cos, counts, cos_curve, runs, rel, init, floor) -> list[Claim]:
+    c, n, S = CRITERIA, cfg["n_workers"], cfg["samples_per_worker"]
+    one = runs["one_byte"]
     return [
         Claim.at_least(
             "spsa-cosine",
-            f"cosine(mean of {len(est)} SPSA estimates, true gradient) on linear regression (d={d}, {cfg['n_samples']} samples)",
-            mean_cos, 0.95,
+            f"cosine(mean of {cfg['cosine_samples']} SPSA estimates, true gradient) on linear regression "
+            f"(d={cfg['dim']}, {cfg['n_samples']} samples)",
+            mean_cos, c["cosine_min"],
             note=f"cosine vs number of averaged estimates: {dict(zip(counts, np.round(cos_curve, 4).tolist()))}",
         ),
         Claim.holds(
             "bitwise-identical",
             f"{n} workers' parameters are bitwise identical after {cfg['steps']} steps (float and 1-byte exchange)",
-            {c: r["identical"] for c, r in runs.items()}, "all replicas equal byte for byte",
+            {k: r["identical"] for k, r in runs.items()}, "all replicas equal byte for byte",
             all(r["identical"] for r in runs.values()),
-            note=f"backend {cfg['backend']}; skipped (non-finite) steps: {({c: r['skipped'] for c, r in runs.items()})}",
+            note=f"backend {cfg['backend']}; skipped (non-finite) steps: {({k: r['skipped'] for k, r in runs.items()})}",
         ),
         Claim.at_most(
             "one-byte-vs-float",
             "relative gap of the 1-byte run's final full-data loss to the float32 run's",
-            rel, 0.05,
-            note=f"final loss float {runs['float']['final']:.5g}, 1-byte {runs['one_byte']['final']:.5g} "
+            rel, c["relative_gap_max"],
+            note=f"final loss float {runs['float']['final']:.5g}, 1-byte {one['final']:.5g} "
                  f"(start {init:.4g}, least squares {floor:.5g}); code scale {cfg['codec_scale']}",
         ),
         Claim.holds(
             "bytes-per-step",
             "bytes sent per worker per step with the 1-byte code (every collective of the step counted)",
-            runs["one_byte"]["bytes_per_step"], f"== {S} (1 per sample)",
-            runs["one_byte"]["bytes_per_step"] == S and runs["one_byte"]["calls"] == 1,
-            note=f"{runs['one_byte']['calls']} collective call(s) per step; the float32 exchange sends "
+            one["bytes_per_step"], f"== {c['bytes_per_sample'] * S} ({c['bytes_per_sample']} per sample)",
+            one["bytes_per_step"] == c["bytes_per_sample"] * S and one["calls"] == c["collective_calls"],
+            note=f"{one['calls']} collective call(s) per step; the float32 exchange sends "
                  f"{runs['float']['bytes_per_step']:.0f} bytes",
         ),
     ]
 
 
-def _plot(ctx, runs, counts, cos_curve, floor) -> None:
+def _plot(ctx, runs, counts, cos_curve, floor, n_workers) -> None:
     import matplotlib.pyplot as plt
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
@@ -177,7 +266,7 @@ def _plot(ctx, runs, counts, cos_curve, floor) -> None:
     a1.axhline(floor, color="k", ls=":", lw=0.8, label="least-squares loss")
     a1.set_xlabel("step")
     a1.set_ylabel("full-data loss (replica 0)")
-    a1.set_title("4 workers, shared-randomness SPSA")
+    a1.set_title(f"{n_workers} workers, shared-randomness SPSA")
     a1.legend()
     a2.semilogx(counts, cos_curve, "o-")
     a2.axhline(0.95, color="k", ls=":", lw=0.8)

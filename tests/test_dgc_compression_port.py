@@ -1,0 +1,69 @@
+"""dgc-compression on lgrad.federated: the transform measured is lgrad.optim.dgc itself,
+its bytes are the comm counter's, and vmap/mesh (one device) agree."""
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+from experiments import dgc_compression as exp
+from lgrad.engine.config import GENERIC_LIMITS, validate_config
+from lgrad.optim import DGCState, leaf_budget
+
+CFG = dict(exp.CONFIGS["quick"], **exp.PROBE)
+
+
+def test_configs_share_keys_and_limits_cover_backend():
+    assert exp.CONFIGS["quick"].keys() == exp.CONFIGS["full"].keys()
+    assert set(exp.LIMITS) <= set(exp.CONFIGS["quick"])
+    for mode in ("quick", "full"):
+        validate_config(exp.CONFIGS[mode], exp.LIMITS, check=exp.check_config, available=2**40)
+    with pytest.raises(ValueError, match="backend"):
+        validate_config(dict(CFG, backend="pmap"), exp.LIMITS, available=2**40)
+    assert GENERIC_LIMITS  # seed, epochs, learning_rate, momentum, eval_every come from here
+
+
+def test_check_config_refuses_an_empty_selection():
+    with pytest.raises(ValueError, match="final_density=0.0001 selects 0 entries of a 10-entry leaf"):
+        exp.check_config(dict(CFG, final_density=1e-4, min_compress_size=0))
+    exp.check_config(dict(CFG, final_density=1e-3, min_compress_size=100, hidden=512))  # the quick setting
+
+
+def _expected_dgc_bytes(cfg, density):
+    """values + int32 indices at the message capacity for compressed leaves; float32 pmean for the rest."""
+    params = exp._params0(cfg)
+    total = 0
+    for leaf in jax.tree.leaves(params):
+        size = int(np.prod(leaf.shape))
+        if size < cfg["min_compress_size"]:
+            total += 4 * size
+        else:
+            total += 8 * leaf_budget(size, density)[1]
+    return total
+
+
+def test_dgc_algorithm_is_the_library_transform_and_counts_its_bytes():
+    data, _, _ = exp._data(CFG)
+    alg = exp._dgc_algorithm(CFG, 0.25)
+    state = alg.init(jax.random.PRNGKey(0), exp._params0(CFG))
+    assert isinstance(state.opt_state[0], DGCState)
+    step = jax.jit(exp._round_step(alg, data, exp._data_key(CFG), 0.25))
+    state, met = step(state)
+    assert alg.traffic["bytes_sent"] == _expected_dgc_bytes(CFG, 0.25) == int(met["bytes"])
+    assert float(met["bookkeeping"]) <= exp.CRITERIA["bookkeeping_max"]
+    assert met["sent"].shape == (CFG["n_workers"], 4)
+    dense = exp._dense_algorithm(CFG)
+    dstate = dense.init(jax.random.PRNGKey(0), exp._params0(CFG))
+    _, dmet = jax.jit(exp._round_step(dense, data, exp._data_key(CFG)))(dstate)
+    assert int(dmet["bytes"]) == dense.traffic["bytes_sent"] == 4 * sum(x.size for x in jax.tree.leaves(exp._params0(CFG)))
+
+
+def test_backend_probe_vmap_equals_mesh_on_one_device():
+    a, b = exp.backend_probe(CFG, "vmap", rounds=2), exp.backend_probe(CFG, "mesh", rounds=2)
+    assert a.keys() == b.keys() and "dgc/params/w1" in a and "dense/loss" in a
+    for k in a:
+        assert np.all(np.isfinite(a[k])), k
+        np.testing.assert_allclose(a[k], b[k], atol=1e-5, err_msg=k)
+    # replicas stay identical: both rules all-reduce/all-gather before stepping
+    w = a["dgc/params/w1"]
+    assert np.array_equal(w, np.broadcast_to(w[0], w.shape))
