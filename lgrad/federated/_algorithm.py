@@ -147,7 +147,7 @@ def _worker_step(tx, loss_fn, batches, gradient, axis_name, traffic):
             loss, g = objective(p), None
         with comm.counting() as sent:
             u, s = tx.update(g, s, p, loss_fn=objective)
-        traffic["bytes_sent"] = sent.bytes
+        traffic["bytes_sent"], traffic["calls"] = sent.bytes, sent.calls
         return optax.apply_updates(p, u), s, loss
 
     return worker
@@ -184,7 +184,8 @@ def worker_algorithm(
       backend: ``"vmap"``, ``"mesh"`` or ``"pmap"`` (an alias of mesh).
 
     Metrics per round: ``loss`` (mean over workers of the pre-step minibatch loss),
-    ``bytes_sent`` (per worker, float32; exact int in ``traffic``).
+    ``bytes_sent`` (per worker, float32); ``traffic`` holds the exact ``bytes_sent``
+    and the number of counted collective ``calls`` per worker and round.
     """
     n = check_int(n_workers, "n_workers", minimum=1)
     mesh = _mesh(n, _check_backend(backend), axis_name, devices)
