@@ -160,10 +160,10 @@ def checkpoint_module() -> Any:
     """``lgrad.train.checkpoint`` (``lgrad.checkpoint`` in older trees)."""
     import importlib
 
-    try:
-        return importlib.import_module("lgrad.train.checkpoint")
-    except ImportError:
-        return importlib.import_module("lgrad.checkpoint")
+    import lgrad
+
+    moved = (Path(lgrad.__file__).parent / "train" / "checkpoint.py").exists()
+    return importlib.import_module("lgrad.train.checkpoint" if moved else "lgrad.checkpoint")
 
 
 @contextlib.contextmanager

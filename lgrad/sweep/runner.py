@@ -386,7 +386,9 @@ def _run_batched(plan: _Plan, todo: list[Cell], write, groups, strategy, batch_s
 
             bar = tqdm(total=len(cells), desc=f"{plan.exp.name} sweep group {gi + 1}/{len(group_of)}", leave=False, file=sys.stderr)
 
-        def on_done(idx, metrics, how="batched", *, cells=cells, gi=gi, bar=bar):
+        # how each call ran: "sequential" or "vmap" (a two-argument wrapper of this
+        # callback cannot say; then the forced strategy, or "auto")
+        def on_done(idx, metrics, how=strategy, *, cells=cells, gi=gi, bar=bar):
             for i, m in zip(idx, metrics):
                 claims = list(proto.claims(cells[i].config, m)) if proto.claims is not None else []
                 if claims:
@@ -417,5 +419,5 @@ def _run_sequential(plan: _Plan, todo: list[Cell], write, groups, out_dir: Path,
         label = " ".join(f"{k}={v}" for k, v in c.overrides.items()) or f"cell {c.index}"
         result = run_experiment(plan.exp.name, plan.mode, overrides, run_dir, show_progress=show_progress, checkpoint_every=checkpoint_every,
                                 resume=resume and checkpoint_every > 0, variant=label)
-        write(c, _claim_metrics(result.claims), result.claims, 0, "sequential (run_experiment)")
+        write(c, _claim_metrics(result.claims), result.claims, 0, "run_experiment")
     groups.append({"group": 0, "cells": len(todo), "strategy": "sequential (run_experiment)", "seconds": time.perf_counter() - t0})
