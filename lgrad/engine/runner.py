@@ -38,6 +38,23 @@ def _is_main_process() -> bool:
         return True
 
 
+def _keep_alive(bar: Any, every: float = 2.0) -> None:
+    """Redraw ``bar`` every ``every`` seconds until it closes, so its elapsed time moves
+    while a long compiled chunk runs (the count itself moves once per chunk)."""
+
+    def tick() -> None:
+        while not getattr(bar, "disable", True):
+            time.sleep(every)
+            try:
+                if getattr(bar, "disable", True):
+                    return
+                bar.refresh()
+            except Exception:  # a bar closed meanwhile: nothing to redraw
+                return
+
+    threading.Thread(target=tick, name="lgrad-progress-refresh", daemon=True).start()
+
+
 def check_writable(out: str | os.PathLike) -> Path:
     """Create ``out`` if needed and prove it is writable, before any work starts."""
     path = Path(out)
@@ -101,7 +118,7 @@ class RunContext:
         self._bar_counts[text] = self._bar_counts.get(text, 0) + 1
         if self._bar_counts[text] > 1:
             text += f" #{self._bar_counts[text]}"
-        return tqdm(
+        bar = tqdm(
             iterable,
             total=total,
             desc=text,
@@ -110,6 +127,9 @@ class RunContext:
             dynamic_ncols=True,
             file=sys.stderr,
         )
+        if not bar.disable:
+            _keep_alive(bar)
+        return bar
 
     def savefig(self, fig: Any, filename: str, *, dpi: int = 110) -> Path:
         """Save a matplotlib figure into the run's folder and close it."""
