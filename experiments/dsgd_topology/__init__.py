@@ -69,10 +69,9 @@ CONFIGS = {
 SMOKE = dict(steps=60, n_seeds=1, backend="vmap", check_steps=0, log_every=5)  # one compile
 # The backend-equivalence probe: seconds long, n = 16 workers (a multiple of 8).
 PROBE = dict(n_seeds=2, samples_per_worker=20, check_steps=0)
-LIMITS = {
+LIMITS = {  # learning_rate, beta, batch_size: lgrad.engine.config.GENERIC_LIMITS
     "seed": Int(min=0, max=2**31 - 1),
     "n_workers": Int(min=9, max=4096),
-    "learning_rate": Float(gt=0),
     "heterogeneity": Float(min=0),
     "w_norm": Float(min=0),
     "l2": Float(min=0),
@@ -83,7 +82,6 @@ LIMITS = {
     "steps": Int(min=1, max=10**7),
     "dim": Int(min=1),
     "samples_per_worker": Int(min=1),
-    "batch_size": Int(min=1),
     "n_seeds": Int(min=1, max=1000),
 }
 

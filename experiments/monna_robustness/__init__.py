@@ -86,13 +86,10 @@ SMOKE = dict(steps=10, eval_every=5, attacks=["alie"], methods=["MoNNA", "D-SGD"
 # reference runs on the mesh too); NNA and the geometric median under a line-searched
 # model attack and a data attack.
 PROBE = dict(n=24, f=8, steps=3, eval_every=0, downsample=4, attacks=["alie", "label_flip"], methods=["MoNNA", "GM"])
-LIMITS = {
+LIMITS = {  # learning_rate, beta, batch_size: lgrad.engine.config.GENERIC_LIMITS
     "seed": Int(min=0, max=2**31 - 1),
     "n": Int(min=2, max=4096),
     "f": Int(min=0),
-    "batch_size": Int(min=1),
-    "learning_rate": Float(gt=0),
-    "beta": Float(min=0, lt=1),
     "alie_tau": Float(gt=0),
     "foe_tau": Float(gt=0),
     "line_search": Bool(),
