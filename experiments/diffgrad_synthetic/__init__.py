@@ -1,4 +1,4 @@
-"""diffGrad on the paper's three synthetic 1-D functions (PAPERS.md B1).
+"""diffGrad on the paper's three synthetic 1-D functions (docs/papers/diffgrad-synthetic.md).
 
 Paper: Dubey et al., "diffGrad: An Optimization Method for Convolutional Neural
 Networks", IEEE TNNLS 2019, Section IV-A (Figs. 3-5).
@@ -6,6 +6,13 @@ Command: ``lgrad run diffgrad-synthetic --quick`` (the full config adds start po
 Expected: from x0 = -1 with eta 0.1, beta1 0.95, 300 steps, diffGrad ends in the
 global minimum of F1 (-0.3) and F2 (~ -0.643) where Adam stops in the local one
 (0.2 and 0.0); the implementation matches a numpy reference to 1e-6.
+
+One training path: :func:`descents` builds every descent of a configuration; the
+run drives them with ``lgrad.train.run_loop`` (checkpointable with ``lgrad run
+--checkpoint-every``), a sweep cell (:func:`train_cell`, vmapped by ``lgrad sweep``)
+with ``lgrad.train.scan_steps``, and both report through :func:`claims_of`. Before
+this the sweep cell had its own descent loop and claims; the move to one path left
+every claim value of the quick run unchanged (bit for bit, metrics.jsonl included).
 """
 from __future__ import annotations
 
@@ -16,9 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lgrad.engine import Claim, RunContext, fit
+from lgrad.engine import Claim, RunContext
 from lgrad.optim import diffgrad
 from lgrad.testing import diffgrad_reference
+from lgrad.train import TrainState, gradient_step, run_loop, scan_steps
 
 NAME = "diffgrad-synthetic"
 PAPER = "Dubey et al. 2019, diffGrad: An Optimization Method for Convolutional Neural Networks (TNNLS)"
@@ -31,6 +39,8 @@ CONFIGS = {
     "full": dict(_COMMON, n_starts=401),
 }
 SMOKE = dict(steps=12, n_starts=3)
+X64 = True  # float64 throughout (the engine runs `run`, and lgrad.sweep traces `train_cell`, under jax.enable_x64)
+SWEEP_X64 = X64  # the former name, read by lgrad.sweep until it reads Experiment.x64 (then removed)
 
 
 # --- the three functions of Section IV-A ---------------------------------------
@@ -40,7 +50,7 @@ def f1(x):
 
 
 def f2(x):
-    """-40x - 35.15 for x <= -0.9, x^3 + x sin(8x) + 0.85 otherwise (PAPERS.md: form unverified)."""
+    """-40x - 35.15 for x <= -0.9, x^3 + x sin(8x) + 0.85 otherwise (form unverified: docs/papers/diffgrad-synthetic.md)."""
     return jnp.where(x <= -0.9, -40.0 * x - 35.15, x**3 + x * jnp.sin(8.0 * x) + 0.85)
 
 
@@ -61,65 +71,98 @@ FUNCTIONS: dict[str, tuple[Callable, float, float | None]] = {
 }
 
 
-def _optimizers(cfg: dict[str, Any]) -> dict[str, optax.GradientTransformation]:
-    lr, b1, b2, eps = cfg["learning_rate"], cfg["b1"], cfg["b2"], cfg["eps"]
+def _optimizers(hp: dict[str, Any]) -> dict[str, optax.GradientTransformation]:
+    """The three rules; ``hp`` values are Python floats (a run) or traced scalars (a sweep cell)."""
+    opt = dict(b1=hp["b1"], b2=hp["b2"], eps=hp["eps"])
     return {
-        "Adam": optax.adam(lr, b1=b1, b2=b2, eps=eps),
-        "diffGrad": diffgrad(lr, b1=b1, b2=b2, eps=eps),
-        "diffGrad xi=0.5": diffgrad(lr, b1=b1, b2=b2, eps=eps, constant_friction=True),
+        "Adam": optax.adam(hp["learning_rate"], **opt),
+        "diffGrad": diffgrad(hp["learning_rate"], **opt),
+        "diffGrad xi=0.5": diffgrad(hp["learning_rate"], **opt, constant_friction=True),
     }
 
 
+def descents(static: dict[str, Any], hp: dict[str, Any]) -> dict[str, tuple[Any, Callable]]:
+    """The single training path of one configuration: ``{name: (carry, step)}``.
+
+    For every function F and rule R, ``"F/R"`` is the descent from ``x0`` (step
+    metrics: ``params`` after and ``loss`` before the step) and ``"F/R/starts"`` the descents
+    from ``n_starts`` points spread over ``[start_low, start_high]`` (vmapped). The
+    main run drives each with :func:`lgrad.train.run_loop` (checkpointable), a sweep
+    cell with :func:`lgrad.train.scan_steps` (:func:`train_cell`); :func:`summary`
+    turns the end points into metrics. Each descent is its own loop with the step of
+    :func:`lgrad.train.fit` (the carry a ``TrainState``): a hand-written step, or all
+    descents in one step, moved trajectories by an ulp (XLA compiles them differently).
+    """
+    txs = _optimizers(hp)
+    x0 = jnp.asarray(hp["x0"])
+    starts = jnp.linspace(hp["start_low"], hp["start_high"], static["n_starts"])
+    out: dict[str, tuple[Any, Callable]] = {}
+    for fname, (fn, _, _) in FUNCTIONS.items():
+        for oname, tx in txs.items():
+            tx = optax.with_extra_args_support(tx)
+            step = gradient_step(lambda p, _, fn=fn: fn(p), tx, record_params=True)
+
+            def init(x, tx=tx):
+                return TrainState(x, tx.init(x), jax.random.PRNGKey(0), jnp.zeros([], jnp.int32))
+
+            out[f"{fname}/{oname}"] = (init(x0), step)
+            out[f"{fname}/{oname}/starts"] = (jax.vmap(init)(starts), jax.vmap(step))
+    return out
+
+
+def summary(ends: dict[str, Any], xp: Any = jnp) -> dict[str, Any]:
+    """Metrics from the end points ``{name: x}`` of :func:`descents` (``xp``: jnp or numpy):
+    ``"F/R"`` the end point from ``x0``, ``"F/R/reach"`` the fraction of starts ending
+    within 0.01 of F's global minimum, ``diffgrad_gap`` = max(|x_F1 + 0.3|, |x_F2 + 0.643|)."""
+    metrics = {}
+    for name, x in ends.items():
+        if name.endswith("/starts"):
+            xstar = FUNCTIONS[name.split("/")[0]][1]
+            metrics[name.replace("/starts", "/reach")] = xp.mean(xp.abs(x - xstar) <= 0.01)
+        else:
+            metrics[name] = x
+    metrics["diffgrad_gap"] = xp.maximum(xp.abs(metrics["F1/diffGrad"] + 0.3), xp.abs(metrics["F2/diffGrad"] + 0.643))
+    return metrics
+
+
+def claims_of(config: dict[str, Any], m: dict[str, Any]) -> list[Claim]:
+    """The paper's end-point claims from one configuration's metrics (a run or a sweep cell)."""
+    x0 = f"{config['x0']:g}"
+    f1_c, f2_c = float(m["F1/diffGrad xi=0.5"]), float(m["F2/diffGrad xi=0.5"])
+    return [
+        Claim.within("F1-diffgrad-global", f"diffGrad from x0={x0} ends in F1's global minimum x=-0.3", float(m["F1/diffGrad"]), -0.3, 0.01),
+        Claim.within("F2-diffgrad-global", f"diffGrad from x0={x0} ends in F2's global minimum x~-0.643", float(m["F2/diffGrad"]), -0.643, 0.01),
+        Claim.within("F1-adam-local", f"Adam from x0={x0} stops in F1's local minimum x=0.2", float(m["F1/Adam"]), 0.2, 0.01),
+        Claim.within("F2-adam-local", f"Adam from x0={x0} stops in F2's local minimum x=0.0", float(m["F2/Adam"]), 0.0, 0.01),
+        Claim.holds(
+            "constant-friction-reaches-both",
+            "the authors' first code (xi = 0.5) also reaches both global minima",
+            {"F1": f1_c, "F2": f2_c},
+            "F1 within 0.01 of -0.3 and F2 within 0.01 of -0.643",
+            abs(f1_c + 0.3) <= 0.01 and abs(f2_c + 0.643) <= 0.01,
+        ),
+    ]
+
+
 def run(config: dict[str, Any], ctx: RunContext) -> list[Claim]:
-    with jax.enable_x64(True):
-        return _run(config, ctx)
-
-
-def _run(cfg: dict[str, Any], ctx: RunContext) -> list[Claim]:
-    steps = cfg["steps"]
-    opts = _optimizers(cfg)
-    x0 = jnp.asarray(cfg["x0"], jnp.float64)
-    finals: dict[str, dict[str, float]] = {}
-    trajectories: dict[str, dict[str, np.ndarray]] = {}
-    ref_err = 0.0
-    for fname, (fn, _, _) in ctx.progress(FUNCTIONS.items(), total=len(FUNCTIONS), desc="functions"):
-        finals[fname], trajectories[fname] = {}, {}
-        for oname, tx in opts.items():
-            res = fit(lambda p, _: fn(p), x0, tx, steps=steps, record_params=True)
-            xs = np.asarray(res.history["params"])
-            trajectories[fname][oname] = xs
-            finals[fname][oname] = float(xs[-1])
-            ctx.log_history(f"{fname}/{oname}", {"x": xs, "f": np.asarray(res.history["loss"])})
-        # The lgrad transform against the plain numpy reference, same gradients.
-        grad = jax.jit(jax.grad(fn))
-        for friction in (False, True):
-            ref = diffgrad_reference(
-                lambda x: np.asarray(grad(jnp.asarray(x[0])))[None],
-                np.array([cfg["x0"]]),
-                steps,
-                learning_rate=cfg["learning_rate"],
-                b1=cfg["b1"],
-                b2=cfg["b2"],
-                eps=cfg["eps"],
-                constant_friction=friction,
-            )[:, 0]
-            ours = trajectories[fname]["diffGrad xi=0.5" if friction else "diffGrad"]
-            ref_err = max(ref_err, float(np.max(np.abs(ours - ref))))
-
-    # Robustness finding: fraction of start points in [low, high] that end within 0.01 of the global minimum.
-    starts = jnp.linspace(cfg["start_low"], cfg["start_high"], cfg["n_starts"], dtype=jnp.float64)
-    reach: dict[str, dict[str, float]] = {}
-    for fname, (fn, xstar, _) in FUNCTIONS.items():
-        reach[fname] = {}
-        for oname, tx in opts.items():
-            end = np.asarray(jax.jit(jax.vmap(lambda x0, fn=fn, tx=tx: _descend(fn, tx, x0, steps)))(starts))
-            reach[fname][oname] = float(np.mean(np.abs(end - xstar) <= 0.01))
+    cfg = dict(config)
+    static = {k: v for k, v in cfg.items() if k not in SWEEPABLE and k != "seed"}
+    loops = descents(static, {k: cfg[k] for k in SWEEPABLE})
+    ends, trajectories = {}, {f: {} for f in FUNCTIONS}
+    for name, (carry, step) in ctx.progress(loops.items(), total=len(loops), desc="descents"):
+        res = run_loop(step, carry, steps=cfg["steps"])
+        ends[name] = np.asarray(res.params)
+        if not name.endswith("/starts"):
+            fname, oname = name.split("/", 1)
+            trajectories[fname][oname] = np.asarray(res.history["params"])
+            ctx.log_history(name, {"x": res.history["params"], "f": res.history["loss"]})
+    metrics = {k: float(v) for k, v in summary(ends, np).items()}
+    finals = {f: {o: metrics[f"{f}/{o}"] for o in trajectories[f]} for f in FUNCTIONS}
+    reach = {f: {o: metrics[f"{f}/{o}/reach"] for o in trajectories[f]} for f in FUNCTIONS}
+    ref_err = _reference_error(cfg, trajectories)
 
     _plot(ctx, trajectories, finals)
     ctx.log("summary", finals=finals, reach_global_fraction=reach, reference_max_abs_error=ref_err)
-
-    f1_d, f2_d = finals["F1"]["diffGrad"], finals["F2"]["diffGrad"]
-    f1_c, f2_c = finals["F1"]["diffGrad xi=0.5"], finals["F2"]["diffGrad xi=0.5"]
     return [
         Claim.at_most(
             "numpy-reference",
@@ -128,21 +171,7 @@ def _run(cfg: dict[str, Any], ctx: RunContext) -> list[Claim]:
             1e-6,
             note="max |x_lgrad - x_numpy| over F1-F3, float64, both friction variants",
         ),
-        Claim.within("F1-diffgrad-global", "diffGrad from x0=-1 ends in F1's global minimum x=-0.3", f1_d, -0.3, 0.01),
-        Claim.within("F2-diffgrad-global", "diffGrad from x0=-1 ends in F2's global minimum x~-0.643", f2_d, -0.643, 0.01),
-        Claim.within(
-            "F1-adam-local", "Adam from x0=-1 stops in F1's local minimum x=0.2", finals["F1"]["Adam"], 0.2, 0.01
-        ),
-        Claim.within(
-            "F2-adam-local", "Adam from x0=-1 stops in F2's local minimum x=0.0", finals["F2"]["Adam"], 0.0, 0.01
-        ),
-        Claim.holds(
-            "constant-friction-reaches-both",
-            "the authors' first code (xi = 0.5) also reaches both global minima",
-            {"F1": f1_c, "F2": f2_c},
-            "F1 within 0.01 of -0.3 and F2 within 0.01 of -0.643",
-            abs(f1_c + 0.3) <= 0.01 and abs(f2_c + 0.643) <= 0.01,
-        ),
+        *claims_of(cfg, metrics),
         Claim.finding(
             "F3-endpoints",
             "end points on F3 (global minimum 0, local minima at +-0.5); the paper shows diffGrad closer to 0",
@@ -154,6 +183,27 @@ def _run(cfg: dict[str, Any], ctx: RunContext) -> list[Claim]:
             reach,
         ),
     ]
+
+
+def _reference_error(cfg: dict[str, Any], trajectories: dict[str, dict[str, np.ndarray]]) -> float:
+    """Largest gap between lgrad's diffGrad trajectories and the numpy reference, same gradients."""
+    err = 0.0
+    for fname, (fn, _, _) in FUNCTIONS.items():
+        grad = jax.jit(jax.grad(fn))
+        for friction in (False, True):
+            ref = diffgrad_reference(
+                lambda x: np.asarray(grad(jnp.asarray(x[0])))[None],
+                np.array([cfg["x0"]]),
+                cfg["steps"],
+                learning_rate=cfg["learning_rate"],
+                b1=cfg["b1"],
+                b2=cfg["b2"],
+                eps=cfg["eps"],
+                constant_friction=friction,
+            )[:, 0]
+            ours = trajectories[fname]["diffGrad xi=0.5" if friction else "diffGrad"]
+            err = max(err, float(np.max(np.abs(ours - ref))))
+    return err
 
 
 def _plot(ctx: RunContext, trajectories, finals) -> None:
@@ -185,53 +235,22 @@ def _plot(ctx: RunContext, trajectories, finals) -> None:
 
 
 # --- batched sweeps (`lgrad sweep diffgrad-synthetic --grid learning_rate=... --grid b1=...`) ----
-# The numeric keys below travel as traced arrays (optimizer settings in
-# optax.inject_hyperparams state), so configurations that share `steps` and
-# `n_starts` run as one vmapped, compiled program; see lgrad.sweep.
+# The numeric keys below travel as traced scalars (the optimizers are built inside
+# the traced cell), so configurations that share `steps` and `n_starts` run as one
+# vmapped, compiled program; see lgrad.sweep.
 SWEEPABLE = ("learning_rate", "b1", "b2", "eps", "x0", "start_low", "start_high")
 SWEEP_METRIC = ("diffgrad_gap", "min")
-SWEEP_X64 = True
-
-
-def _descend(fn, tx, x0, steps):
-    def step(carry, _):
-        x, s = carry
-        u, s = tx.update(jax.grad(fn)(x), s, x)
-        return (optax.apply_updates(x, u), s), None
-
-    (x, _), _ = jax.lax.scan(step, (x0, tx.init(x0)), None, length=steps)
-    return x
 
 
 def train_cell(static: dict[str, Any], hp: dict[str, Any], key: jax.Array) -> dict[str, jax.Array]:
-    """One sweep cell: end points of Adam / diffGrad / xi=0.5 from ``x0`` on F1-F3, the
-    fraction of the ``n_starts`` starts diffGrad brings to each global minimum, and
+    """One sweep cell, the same training path as :func:`run`: end points of Adam /
+    diffGrad / xi=0.5 from ``x0`` on F1-F3 (``"F1/Adam"``, ...), the fraction of the
+    ``n_starts`` starts each brings to the global minimum (``"F1/Adam/reach"``, ...) and
     ``diffgrad_gap`` = max(|x_F1 + 0.3|, |x_F2 + 0.643|) for diffGrad (0 is perfect).
     Deterministic: ``key`` is unused."""
     del key
-    opt = dict(learning_rate=hp["learning_rate"], b1=hp["b1"], b2=hp["b2"], eps=hp["eps"])
-    txs = {
-        "Adam": optax.inject_hyperparams(optax.adam)(**opt),
-        "diffGrad": optax.inject_hyperparams(diffgrad)(**opt),
-        "diffGrad xi=0.5": optax.inject_hyperparams(diffgrad, static_args=("constant_friction",))(**opt, constant_friction=True),
-    }
-    x0 = jnp.asarray(hp["x0"])
-    starts = jnp.linspace(hp["start_low"], hp["start_high"], static["n_starts"])
-    metrics: dict[str, jax.Array] = {}
-    for fname, (fn, xstar, _) in FUNCTIONS.items():
-        for oname, tx in txs.items():
-            metrics[f"{fname}/{oname}"] = _descend(fn, tx, x0, static["steps"])
-        ends = jax.vmap(lambda s, fn=fn: _descend(fn, txs["diffGrad"], s, static["steps"]))(starts)
-        metrics[f"{fname}/diffGrad/reach"] = jnp.mean((jnp.abs(ends - xstar) <= 0.01).astype(x0.dtype))
-    metrics["diffgrad_gap"] = jnp.maximum(jnp.abs(metrics["F1/diffGrad"] + 0.3), jnp.abs(metrics["F2/diffGrad"] + 0.643))
-    return metrics
+    ends = {name: scan_steps(step, carry, static["steps"])[0].params for name, (carry, step) in descents(static, hp).items()}
+    return summary(ends)
 
 
-def sweep_claims(config: dict[str, Any], m: dict[str, float]) -> list[Claim]:
-    """The paper's end-point claims, checked for one sweep cell."""
-    return [
-        Claim.within("F1-diffgrad-global", "diffGrad ends in F1's global minimum x=-0.3", m["F1/diffGrad"], -0.3, 0.01),
-        Claim.within("F2-diffgrad-global", "diffGrad ends in F2's global minimum x~-0.643", m["F2/diffGrad"], -0.643, 0.01),
-        Claim.within("F1-adam-local", "Adam stops in F1's local minimum x=0.2", m["F1/Adam"], 0.2, 0.01),
-        Claim.within("F2-adam-local", "Adam stops in F2's local minimum x=0.0", m["F2/Adam"], 0.0, 0.01),
-    ]
+sweep_claims = claims_of

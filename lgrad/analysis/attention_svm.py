@@ -497,7 +497,7 @@ def train_attention(
     seed. Evals (every ``eval_every``): ``W`` and/or ``KQ``, the attention matrices.
     Returns the engine's ``FitResult`` (``.params`` are the final parameters).
     """
-    from lgrad.engine import TrainState, run_loop
+    from lgrad.train import TrainState, run_loop
 
     check_nonnegative(reg, "reg")
     batched = np.ndim(problem.X) == 4

@@ -63,6 +63,7 @@ __all__ = [
     "process_count",
     "process_index",
     "route_output",
+    "scratch_output_dir",
     "to_host",
 ]
 
@@ -159,15 +160,28 @@ def is_main_process() -> bool:
     return process_index() == 0
 
 
+def scratch_output_dir() -> str | None:
+    """Where a process other than 0 should write its (discarded) outputs.
+
+    ``None`` on process 0 or outside ``jax.distributed``; otherwise a fresh temporary
+    folder, removed at exit, so that only process 0 writes results.
+    """
+    if not _INITIALIZED or is_main_process():
+        return None
+    tmp = tempfile.mkdtemp(prefix=f"lgrad-process{process_index()}-")
+    atexit.register(shutil.rmtree, tmp, True)
+    return tmp
+
+
 def route_output(args: Any) -> Any:
-    """CLI hook: on processes other than 0, send ``args.out`` to a throw-away folder
-    and hide progress bars, so only process 0 writes results (returns ``args``)."""
+    """Deprecated: the CLI hook now lives in ``lgrad.cli._launch_output.route_output``.
+
+    Kept only until the CLI imports it from there; the library itself holds no
+    command-line logic (use :func:`scratch_output_dir`)."""
     if not _INITIALIZED or is_main_process():
         return args
     if getattr(args, "out", None) is not None:
-        tmp = tempfile.mkdtemp(prefix=f"lgrad-process{process_index()}-")
-        atexit.register(shutil.rmtree, tmp, True)
-        args.out = tmp
+        args.out = scratch_output_dir()
     if hasattr(args, "no_progress"):
         args.no_progress = True
     return args

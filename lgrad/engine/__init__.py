@@ -1,4 +1,8 @@
-"""The experiment engine: claims, configs, discovery, the runner and the training loop."""
+"""The experiment engine: claims, configs, discovery and the runner.
+
+The training loop lives in :mod:`lgrad.train`; ``FitResult``, ``TrainState``,
+``batch_sampler``, ``fit`` and ``run_loop`` are re-exported here for the experiments
+that still import them from ``lgrad.engine`` (import them from ``lgrad.train``)."""
 from lgrad.engine.claims import Claim as Claim
 from lgrad.engine.config import ConfigError as ConfigError
 from lgrad.engine.config import apply_overrides as apply_overrides
@@ -10,11 +14,11 @@ from lgrad.engine.runner import Result as Result
 from lgrad.engine.runner import RunContext as RunContext
 from lgrad.engine.runner import check_writable as check_writable
 from lgrad.engine.runner import run_experiment as run_experiment
-from lgrad.engine.train import FitResult as FitResult
-from lgrad.engine.train import TrainState as TrainState
-from lgrad.engine.train import batch_sampler as batch_sampler
-from lgrad.engine.train import fit as fit
-from lgrad.engine.train import run_loop as run_loop
+from lgrad.train import FitResult as FitResult
+from lgrad.train import TrainState as TrainState
+from lgrad.train import batch_sampler as batch_sampler
+from lgrad.train import fit as fit
+from lgrad.train import run_loop as run_loop
 
 __all__ = [
     "Claim",

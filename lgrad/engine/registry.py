@@ -1,5 +1,9 @@
-"""Discovery of reproductions: every subpackage of the top-level ``experiments``
-package that defines ``NAME`` is one experiment.
+"""Discovery of reproductions: packages named by the ``lgrad.experiments`` entry-point
+group (``pyproject.toml`` declares ``experiments``) and by the environment variable
+``LGRAD_EXPERIMENTS`` (comma-separated package names, e.g. a test fixture). A package
+that defines ``NAME`` is one experiment; otherwise each of its subpackages that
+defines ``NAME`` is. The library never imports an experiments package itself: only
+:func:`discover` does, through these declarations.
 
 An experiment module defines:
 
@@ -9,19 +13,34 @@ An experiment module defines:
 ``SMOKE``     overrides of ``quick`` that make a seconds-long run for the test suite,
 ``run(config, ctx) -> list[Claim]``  the measurement, using ``ctx`` for metrics and plots.
 
-Optional: ``DESCRIPTION`` (one line) and ``EXPECTED`` (the expected result, one line).
+Optional: ``DESCRIPTION`` (one line), ``EXPECTED`` (the expected result, one line) and
+
+``X64 = True``  the one way to ask for float64: the engine runs ``run`` (and
+                ``lgrad.sweep`` traces ``train_cell``) under ``jax.enable_x64``.
+
+The batched-sweep opt-in (see :mod:`lgrad.sweep.runner`) is checked here, at
+discovery: ``train_cell`` (callable), ``SWEEPABLE`` (config keys with numeric
+values), ``SWEEP_METRIC`` (``(name, "min"|"max")``), ``sweep_claims`` (callable).
+``SWEEP_X64`` is the former name of ``X64``; if present it must equal ``X64``.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
+import importlib.metadata
+import os
 import pkgutil
+import sys
 from types import ModuleType
 from typing import Any, Callable
 
-__all__ = ["Experiment", "UnknownExperiment", "discover", "get"]
+__all__ = ["ENTRY_POINT_GROUP", "ENV_VAR", "Experiment", "UnknownExperiment", "discover", "experiment_packages", "get"]
 
 MODES = ("quick", "full")
+ENTRY_POINT_GROUP = "lgrad.experiments"
+ENV_VAR = "LGRAD_EXPERIMENTS"
+_SWEEP_NAMES = ("SWEEPABLE", "SWEEP_METRIC", "sweep_claims")
 
 
 class UnknownExperiment(KeyError):
@@ -44,11 +63,61 @@ class Experiment:
     smoke: dict[str, Any]
     run: Callable[..., Any]
     module: ModuleType
+    x64: bool = False  # run (and sweep cells) under jax.enable_x64
+    sweepable: tuple[str, ...] = ()  # the batched-sweep keys (empty: no train_cell)
 
     def config(self, mode: str) -> dict[str, Any]:
         if mode not in self.configs:
             raise ValueError(f"{self.name}: mode must be one of {sorted(self.configs)}, got {mode!r}")
         return dict(self.configs[mode])
+
+
+def _with_x64(run: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(run)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        import jax
+
+        with jax.enable_x64(True):
+            return run(*args, **kwargs)
+
+    return wrapped
+
+
+def _x64(module: ModuleType, name: str) -> bool:
+    x64 = getattr(module, "X64", False)
+    if not isinstance(x64, bool):
+        raise TypeError(f"experiment {name}: X64 must be True or False, got {x64!r}")
+    if hasattr(module, "SWEEP_X64") and module.SWEEP_X64 is not x64:
+        raise TypeError(f"experiment {name}: SWEEP_X64 (the former name of X64) is {module.SWEEP_X64!r} but X64 is {x64!r}; define X64 only")
+    return x64
+
+
+def _sweep_protocol(module: ModuleType, name: str, quick: dict[str, Any]) -> tuple[str, ...]:
+    """The checked ``SWEEPABLE`` keys (empty when the module has no ``train_cell``)."""
+    fn = getattr(module, "train_cell", None)
+    if fn is None:
+        stray = [a for a in _SWEEP_NAMES if hasattr(module, a)]
+        if stray:
+            raise TypeError(f"experiment {name}: {', '.join(stray)} without train_cell; define train_cell(static, hparams, key) or drop them")
+        return ()
+    if not callable(fn):
+        raise TypeError(f"experiment {name}: train_cell must be callable, got {type(fn).__name__}")
+    keys = getattr(module, "SWEEPABLE", ())
+    if isinstance(keys, str) or not isinstance(keys, (tuple, list)) or not all(isinstance(k, str) for k in keys):
+        raise TypeError(f"experiment {name}: SWEEPABLE must be a tuple of config key names, got {keys!r}")
+    for k in keys:
+        v = quick.get(k)
+        if k not in quick or isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise TypeError(f"experiment {name}: SWEEPABLE key {k!r} must be a numeric config key, got {'absent' if k not in quick else repr(v)}")
+    metric = getattr(module, "SWEEP_METRIC", None)
+    if metric is not None and not (
+        isinstance(metric, (tuple, list)) and len(metric) == 2 and isinstance(metric[0], str) and metric[1] in ("min", "max")
+    ):
+        raise TypeError(f"experiment {name}: SWEEP_METRIC must be (metric name, 'min' or 'max'), got {metric!r}")
+    claims = getattr(module, "sweep_claims", None)
+    if claims is not None and not callable(claims):
+        raise TypeError(f"experiment {name}: sweep_claims must be callable, got {type(claims).__name__}")
+    return tuple(keys)
 
 
 def _load(module: ModuleType) -> Experiment:
@@ -61,6 +130,8 @@ def _load(module: ModuleType) -> Experiment:
             raise TypeError(f"experiment {module.NAME}: CONFIGS lacks {mode!r}")
         if set(configs[mode]) != set(configs["quick"]):
             raise TypeError(f"experiment {module.NAME}: quick and {mode} configs must have the same keys")
+    x64 = _x64(module, module.NAME)
+    sweepable = _sweep_protocol(module, module.NAME, configs["quick"])
     return Experiment(
         name=module.NAME,
         paper=module.PAPER,
@@ -68,33 +139,50 @@ def _load(module: ModuleType) -> Experiment:
         expected=getattr(module, "EXPECTED", ""),
         configs=configs,
         smoke=dict(getattr(module, "SMOKE", {})),
-        run=module.run,
+        run=_with_x64(module.run) if x64 else module.run,
         module=module,
+        x64=x64,
+        sweepable=sweepable,
     )
 
 
-_CACHE: dict[str, Experiment] | None = None
+def experiment_packages() -> list[str]:
+    """Names of the packages searched: the entry points, then ``$LGRAD_EXPERIMENTS``."""
+    names = [ep.module for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)]
+    names += [s.strip() for s in os.environ.get(ENV_VAR, "").split(",") if s.strip()]
+    return list(dict.fromkeys(names))
+
+
+def _modules(package: str) -> list[ModuleType]:
+    try:
+        pkg = importlib.import_module(package)
+    except ImportError as e:
+        print(f"lgrad: warning: experiment package {package!r} cannot be imported ({e}); skipping it", file=sys.stderr)
+        return []
+    if hasattr(pkg, "NAME") or not hasattr(pkg, "__path__"):
+        return [pkg]
+    infos = sorted(pkgutil.iter_modules(pkg.__path__), key=lambda i: i.name)
+    return [importlib.import_module(f"{pkg.__name__}.{i.name}") for i in infos if i.ispkg and not i.name.startswith("_")]
+
+
+_CACHE: dict[tuple[str, ...], dict[str, Experiment]] = {}
 
 
 def discover() -> dict[str, Experiment]:
     """All experiments, by name (sorted)."""
-    global _CACHE
-    if _CACHE is None:
-        import experiments as pkg
-
+    packages = tuple(experiment_packages())
+    if packages not in _CACHE:
         found: dict[str, Experiment] = {}
-        for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda i: i.name):
-            if not info.ispkg or info.name.startswith("_"):
-                continue
-            module = importlib.import_module(f"{pkg.__name__}.{info.name}")
-            if not hasattr(module, "NAME"):
-                continue
-            exp = _load(module)
-            if exp.name in found:
-                raise TypeError(f"two experiments are named {exp.name!r}")
-            found[exp.name] = exp
-        _CACHE = dict(sorted(found.items()))
-    return _CACHE
+        for package in packages:
+            for module in _modules(package):
+                if not hasattr(module, "NAME"):
+                    continue
+                exp = _load(module)
+                if exp.name in found:
+                    raise TypeError(f"two experiments are named {exp.name!r} ({found[exp.name].module.__name__}, {module.__name__})")
+                found[exp.name] = exp
+        _CACHE[packages] = dict(sorted(found.items()))
+    return _CACHE[packages]
 
 
 def get(name: str) -> Experiment:

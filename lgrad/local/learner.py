@@ -40,7 +40,7 @@ import numpy as np
 import optax
 
 from lgrad._validation import check_int
-from lgrad.engine.train import FitResult, run_loop
+from lgrad.train import FitResult, run_loop
 from lgrad.local.blocks import Block, as_blocks, chain_shapes
 from lgrad.local.rules import LocalBatch, LocalRule, Spec, cross_entropy, make_rule
 

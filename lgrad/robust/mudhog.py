@@ -35,7 +35,7 @@ unflagged clients (:func:`aggregate`).
 
 All of it is jnp (DBSCAN, 2-means and the largest-gap split are small masked
 implementations here, tested against scikit-learn), so a whole federated round —
-local training, detection, aggregation — jits into ``lgrad.engine.run_loop``.
+local training, detection, aggregation — jits into ``lgrad.train.run_loop``.
 Classes: 0 = unflagged, 1 = sign flip, 2 = additive noise, 3 = targeted label
 flip, 4 = unreliable (:data:`CLASSES`).
 """

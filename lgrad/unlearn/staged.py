@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import optax
 
 from lgrad._validation import check_int, check_nonnegative, check_positive
-from lgrad.engine.train import FitResult, batch_sampler, fit
+from lgrad.train import FitResult, batch_sampler, fit
 from lgrad.unlearn.objectives import gradient_ascent_loss, npo_loss, simnpo_loss
 
 __all__ = ["Stage", "StagedResult", "check_order", "train_stages", "unlearning_loss", "unlearn", "METHODS"]
