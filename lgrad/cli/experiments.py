@@ -168,6 +168,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             print(stopped, file=sys.stderr)
             return EXIT_INTERRUPTED
+        except Exception:
+            print(stopped.replace("interrupted: ", "run failed: ").replace("did not finish", "crashed (traceback below)"), file=sys.stderr)
+            raise
     rows = [(result.name, c) for c in result.claims]
     print(format_claims_table(rows))
     print(f"wrote {result.out_dir}/result.json  ·  " + _summary(rows, 1, result.runtime_s))
