@@ -77,7 +77,9 @@ def _main(argv: list[str] | None) -> int:
     except SystemExit as e:  # --help, or a usage error already printed as one line
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     if dist is not None:
-        dist.route_output(args)  # only process 0 writes results
+        from lgrad.cli._launch_output import route_output
+
+        route_output(args)  # only process 0 writes results
     try:
         return int(args.func(args) or 0)
     except CliError as e:
