@@ -181,7 +181,7 @@ def limits_for(key: str, limits: Mapping[str, Limit] | None = None) -> Limit | N
 
 def _show(value: Any) -> str:
     if isinstance(value, str):
-        return value
+        return value if value.isprintable() else repr(value)
     if isinstance(value, float):
         return repr(value)
     return json.dumps(value, default=str)
@@ -238,15 +238,13 @@ def format_bytes(n: float) -> str:
 
 
 def generic_memory_estimate(config: Mapping[str, Any]) -> int:
-    """A crude lower bound when an experiment declares no ``memory_estimate``: the
-    per-step history a training loop keeps, one float64 per step (``steps``,
-    ``epochs`` or ``rounds``, the largest) for every combination of the ``n_*`` counts."""
+    """A crude guess when an experiment declares no ``memory_estimate``: a per-step
+    history of one float64 per step (``steps``, ``epochs`` or ``rounds``, the largest)
+    for each item of the largest ``n_*`` count. It only catches absurd sizes; an
+    experiment's own ``memory_estimate`` is the real guard."""
     length = max([int(config[k]) for k in ("steps", "epochs", "rounds") if _is_int(config.get(k))] or [1])
-    width = 1
-    for k, v in config.items():
-        if k.startswith("n_") and _is_int(v) and v > 0:
-            width *= int(v)
-    return 8 * max(length, 1) * width
+    width = max([int(v) for k, v in config.items() if k.startswith("n_") and _is_int(v)] or [1])
+    return 8 * max(length, 1) * max(width, 1)
 
 
 # ----------------------------------------------------------------------------- validation
@@ -298,9 +296,10 @@ def validate_config(
         raise ConfigError(f"{where('')}: cannot estimate the memory this config needs ({type(e).__name__}: {e})") from None
     have = available_memory() if available is None else available
     if have is not None and need > have:
-        keys = " ".join(f"{k}={_show(v)}" for k, v in (changed or {}).items()) or "the config"
+        keys = " ".join(f"{k}={_show(v)}" for k, v in (changed or {}).items())
+        what = f"{where(next(iter(changed)))} {keys}: its arrays need" if changed else "this config's arrays need"
         raise ConfigError(
-            f"{where(next(iter(changed or {}), ''))} {keys}: its arrays need about {format_bytes(need)} (estimated from the config), "
+            f"{what} about {format_bytes(need)} (estimated from the config), "
             f"more than the {format_bytes(have)} of memory available"
         )
 
