@@ -283,7 +283,7 @@ def _cases():
 CASES_H = _cases()
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_random_bad_set_values_are_refused_before_compute(data, tmp_path, capfd):
     import tempfile
