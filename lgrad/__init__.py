@@ -5,31 +5,25 @@ Subpackages, imported on first use (``import lgrad; lgrad.optim.diffgrad``):
 ``lgrad.federated``, ``lgrad.local`` (layer-local rules), ``lgrad.unlearn``,
 ``lgrad.analysis`` (Hessian and attention-SVM tools), ``lgrad.distributed`` (the
 worker axis), ``lgrad.data``, ``lgrad.train`` (the training loop and checkpoints),
-``lgrad.engine`` (claims, registry, runner), ``lgrad.sweep``, ``lgrad.bench`` and
-``lgrad.testing``. The ``lgrad`` command is :mod:`lgrad.cli`.
+``lgrad.engine`` (claims, registry, runner), ``lgrad.sweep``, ``lgrad.bench``,
+``lgrad.testing`` and every other subpackage (:data:`SUBPACKAGES`). The ``lgrad``
+command is :mod:`lgrad.cli` (imported explicitly).
 """
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from typing import Any
 
 __version__ = "0.1.0"
 
-SUBPACKAGES = (
-    "analysis",
-    "bench",
-    "data",
-    "distributed",
-    "engine",
-    "federated",
-    "local",
-    "optim",
-    "robust",
-    "sweep",
-    "testing",
-    "train",
-    "unlearn",
-)
+
+def _subpackages() -> list[str]:
+    """Every public subpackage (found on disk, so new ones need no registration)."""
+    return sorted(i.name for i in pkgutil.iter_modules(__path__) if i.ispkg and not i.name.startswith("_") and i.name != "cli")
+
+
+SUBPACKAGES = tuple(_subpackages())
 
 __all__ = ["__version__", *SUBPACKAGES]
 
