@@ -90,7 +90,8 @@ def scale_by_dpsgd(*, l2_norm_clip: float, noise_multiplier: float, seed: int = 
 def dpsgd(learning_rate: optax.ScalarOrSchedule, *, l2_norm_clip: float, noise_multiplier: float,
           seed: int = 0) -> optax.GradientTransformationExtraArgs:
     r"""DP-SGD (Abadi et al. 2016): :math:`x \leftarrow x - \eta\,\bar g` (:func:`scale_by_dpsgd`
-    then :math:`-\eta`); feed it per-example gradients."""
+    then :math:`-\eta`); feed it per-example gradients. ``optax.inject_hyperparams(dpsgd)``
+    needs no static arguments."""
     check_learning_rate(learning_rate)
     return optax.chain(scale_by_dpsgd(l2_norm_clip=l2_norm_clip, noise_multiplier=noise_multiplier, seed=seed),
                        optax.scale_by_learning_rate(learning_rate))

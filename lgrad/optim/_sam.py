@@ -88,6 +88,8 @@ def scale_by_sam(*, rho: float = 0.05, alpha: float = 1.0) -> optax.GradientTran
 
 def sam(learning_rate: optax.ScalarOrSchedule, *, rho: float = 0.05, alpha: float = 1.0) -> optax.GradientTransformationExtraArgs:
     r"""SAM-style descent: :math:`x \leftarrow x - \eta\, \tilde g` (:func:`scale_by_sam`
-    then :math:`-\eta`); ``alpha = 1`` is SAM (Foret et al. 2021)."""
+    then :math:`-\eta`); ``alpha = 1`` is SAM (Foret et al. 2021). ``update`` needs
+    ``loss_fn``. ``optax.inject_hyperparams(sam)`` works with no static arguments
+    (``learning_rate``, ``rho`` and ``alpha`` may all be injected)."""
     check_learning_rate(learning_rate)
     return optax.chain(scale_by_sam(rho=rho, alpha=alpha), optax.scale_by_learning_rate(learning_rate))
