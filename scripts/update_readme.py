@@ -65,8 +65,12 @@ def reproductions_table() -> str:
             claims = data["claims"]
             p = sum(c["passed"] is True for c in claims)
             f = sum(c["passed"] is False for c in claims)
-            i = sum(c["passed"] is None for c in claims)
-            status = f"{p} pass, {f} fail, {i} findings ({data['mode']}, {data['runtime_s']:.0f} s)"
+            from lgrad.engine.claims import SKIPPED
+
+            k = sum(c["passed"] is None and c["target"] == SKIPPED for c in claims)
+            i = sum(c["passed"] is None for c in claims) - k
+            skipped = f", {k} skipped" if k else ""
+            status = f"{p} pass, {f} fail, {i} findings{skipped} ({data['mode']}, {data['runtime_s']:.0f} s)"
         else:
             status = "not run yet"
         rows.append(f"| `{name}` | {exp.paper} | {status} |")

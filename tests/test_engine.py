@@ -64,8 +64,9 @@ def test_run_loop_rejects_bad_arguments():
         run_loop(lambda c: (c, {}), 0, steps=10, eval_fn=lambda c: {}, eval_every=3, chunk_size=4)
 
 
+@pytest.mark.slow
 def test_registry_lists_experiments():
-    table = discover()
+    table = discover()  # the installed `lgrad.experiments` entry point: every reproduction
     assert "diffgrad-synthetic" in table
     for exp in table.values():
         assert exp.paper and set(exp.configs) >= {"quick", "full"}
@@ -73,15 +74,15 @@ def test_registry_lists_experiments():
         assert set(exp.smoke) <= set(exp.configs["quick"]), f"{exp.name}: SMOKE has unknown keys"
 
 
-def test_cli_list(capsys):
+def test_cli_list(capsys, fixture_experiment):
     assert main(["list"]) == 0
-    assert "diffgrad-synthetic" in capsys.readouterr().out
+    assert fixture_experiment in capsys.readouterr().out
 
 
-def test_cli_unknown_experiment(capsys, tmp_path):
+def test_cli_unknown_experiment(capsys, tmp_path, fixture_experiment):
     assert main(["run", "no-such-name", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "unknown experiment 'no-such-name'" in err and "diffgrad-synthetic" in err
+    assert "unknown experiment 'no-such-name'" in err and fixture_experiment in err
     assert "Traceback" not in err
 
 
@@ -89,27 +90,27 @@ def test_cli_unknown_experiment(capsys, tmp_path):
     "setting, message",
     [("nope=1", "unknown config key 'nope'"), ("steps=abc", "expected a value of type int"), ("steps", "key=value")],
 )
-def test_cli_bad_set(capsys, tmp_path, setting, message):
-    assert main(["run", "diffgrad-synthetic", "--set", setting, "--out", str(tmp_path)]) == 2
+def test_cli_bad_set(capsys, tmp_path, setting, message, fixture_experiment):
+    assert main(["run", fixture_experiment, "--set", setting, "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
 
 
-def test_cli_unwritable_out_fails_before_work(capsys, tmp_path):
+def test_cli_unwritable_out_fails_before_work(capsys, tmp_path, fixture_experiment):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    assert main(["run", "diffgrad-synthetic", "--out", str(blocker / "sub")]) == 2
+    assert main(["run", fixture_experiment, "--out", str(blocker / "sub")]) == 2
     assert "not writable" in capsys.readouterr().err
     if os.geteuid() != 0:  # root can write anywhere; the file case above covers it
         ro = tmp_path / "ro"
         ro.mkdir(mode=0o500)
-        assert main(["run", "diffgrad-synthetic", "--out", str(ro)]) == 2
+        assert main(["run", fixture_experiment, "--out", str(ro)]) == 2
 
 
-def test_cli_run_writes_result_files(tmp_path, capsys):
-    rc = main(["run", "diffgrad-synthetic", "--set", "steps=15", "--set", "n_starts=2", "--out", str(tmp_path), "--no-progress"])
+def test_cli_run_writes_result_files(tmp_path, capsys, fixture_experiment):
+    rc = main(["run", fixture_experiment, "--set", "steps=15", "--out", str(tmp_path), "--no-progress"])
     assert rc == 0
-    out_dir = tmp_path / "diffgrad-synthetic"
+    out_dir = tmp_path / fixture_experiment
     result = json.loads((out_dir / "result.json").read_text())
     assert set(result) >= {"name", "paper", "mode", "claims", "runtime_s", "config", "environment"}
     assert result["config"]["steps"] == 15 and result["mode"] == "quick"
@@ -122,22 +123,32 @@ def test_cli_run_writes_result_files(tmp_path, capsys):
     assert "claims:" in capsys.readouterr().out
 
 
-def test_cli_reproduce_strict_exit_code(tmp_path, capsys, monkeypatch):
-    # Shrunk to a few steps the diffGrad claims cannot pass: --strict must say so.
+def test_cli_reproduce_strict_exit_code(tmp_path, capsys, monkeypatch, fixture_experiment):
+    # Shrunk to one step the fixture's claim cannot pass: --strict must say so.
     from lgrad.engine import registry
 
-    exp = registry.get("diffgrad-synthetic")
-    monkeypatch.setitem(exp.configs, "quick", {**exp.configs["quick"], "steps": 5, "n_starts": 2})
-    args = ["reproduce", "--quick", "--only", "diffgrad-synthetic", "--out", str(tmp_path), "--no-progress"]
+    exp = registry.get(fixture_experiment)
+    monkeypatch.setitem(exp.configs, "quick", {**exp.configs["quick"], "steps": 1})
+    args = ["reproduce", "--quick", "--only", fixture_experiment, "--out", str(tmp_path), "--no-progress"]
     assert main(args) == 0
     assert main([*args, "--strict"]) == 1
     out = capsys.readouterr().out
     assert "FAIL" in out and "claims:" in out
 
 
-def test_same_seed_same_numbers(tmp_path):
+def test_same_seed_same_numbers(tmp_path, fixture_experiment):
     from lgrad.engine import run_experiment
 
-    a = run_experiment("diffgrad-synthetic", "quick", {"steps": 20, "n_starts": 2}, tmp_path / "a", show_progress=False)
-    b = run_experiment("diffgrad-synthetic", "quick", {"steps": 20, "n_starts": 2}, tmp_path / "b", show_progress=False)
+    a = run_experiment(fixture_experiment, "quick", {"steps": 20}, tmp_path / "a", show_progress=False)
+    b = run_experiment(fixture_experiment, "quick", {"steps": 20}, tmp_path / "b", show_progress=False)
     assert [c.to_dict() for c in a.claims] == [c.to_dict() for c in b.claims]
+
+
+def test_skipped_claim_is_neither_pass_fail_nor_finding():
+    from lgrad.engine import Claim
+
+    c = Claim.skipped("backends-agree", "vmap equals mesh", reason="one device; run with JAX_NUM_CPU_DEVICES=8")
+    assert c.passed is None and c.is_skipped and c.status == "skip"
+    assert not Claim.finding("x", "y", 1.0).is_skipped
+    with pytest.raises(ValueError):
+        Claim.skipped("x", "y", reason="")

@@ -94,9 +94,10 @@ def _summary(rows: list[tuple[str, Any]], n_exp: int, seconds: float) -> str:
     n = len(rows)
     passed = sum(c.passed is True for _, c in rows)
     failed = sum(c.passed is False for _, c in rows)
-    info = sum(c.passed is None for _, c in rows)
+    skipped = sum(c.is_skipped for _, c in rows)
+    info = sum(c.passed is None for _, c in rows) - skipped
     return (
-        f"{n_exp} experiment(s), {n} claims: {passed} pass, {failed} FAIL, {info} findings "
+        f"{n_exp} experiment(s), {n} claims: {passed} pass, {failed} FAIL, {info} findings, {skipped} skipped "
         f"({seconds:.1f} s)"
     )
 

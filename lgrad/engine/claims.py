@@ -35,6 +35,9 @@ def _num(x: Any) -> float:
     return float(np.asarray(x))
 
 
+SKIPPED = "skipped (did not run)"
+
+
 @dataclasses.dataclass(frozen=True)
 class Claim:
     """One measured claim of a reproduction."""
@@ -74,9 +77,23 @@ class Claim:
         """A reported measurement with no pass criterion (the paper is qualitative)."""
         return cls(id, statement, to_jsonable(measured), "reported (finding)", None, note)
 
+    @classmethod
+    def skipped(cls, id: str, statement: str, *, reason: str) -> "Claim":
+        """A check that did not run (e.g. it needs several devices): neither a pass,
+        a failure nor a finding; ``reason`` says why and how to run it."""
+        if not reason:
+            raise ValueError("a skipped claim needs a reason")
+        return cls(id, statement, "not run", SKIPPED, None, reason)
+
+    @property
+    def is_skipped(self) -> bool:
+        return self.passed is None and self.target == SKIPPED
+
     def to_dict(self) -> dict[str, Any]:
         return to_jsonable(dataclasses.asdict(self))
 
     @property
     def status(self) -> str:
+        if self.is_skipped:
+            return "skip"
         return {True: "pass", False: "FAIL", None: "info"}[self.passed]
