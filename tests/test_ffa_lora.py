@@ -173,7 +173,7 @@ def test_dpsgd_clipping_equals_optax_without_noise():
     g = {"w": jnp.asarray(rng.normal(size=(6, 5)) * 3, jnp.float32)}
     tx = scale_by_dpsgd(l2_norm_clip=1.0, noise_multiplier=0.0)
     ours, _ = tx.update(g, tx.init(None))
-    ref = optax.contrib.differentially_private_aggregate(l2_norm_clip=1.0, noise_multiplier=0.0, key=jax.random.PRNGKey(0))
+    ref = optax.contrib.differentially_private_aggregate(l2_norm_clip=1.0, noise_multiplier=0.0, key=0)
     theirs, _ = ref.update(g, ref.init(g))
     np.testing.assert_allclose(np.asarray(ours["w"]), np.asarray(theirs["w"]), atol=1e-6)
     summed, norms = clip_per_example(g, 1.0)
@@ -213,3 +213,18 @@ def test_lora_client_sends_only_trained_leaves(freeze_a):
     assert float(m["frozen_changed"]) == 0.0
     full = combine(state.params, frozen)
     assert np.all(np.isfinite(np.asarray(jax.tree.leaves(merge_lora(full))[0])))
+
+
+def test_dpsgd_inject_hyperparams_and_traced_sigma():
+    g = {"w": jnp.ones((4, 3))}
+    tx = optax.inject_hyperparams(dpsgd)(learning_rate=0.1, l2_norm_clip=1.0, noise_multiplier=0.0)
+    u, s = tx.update(g, tx.init({"w": jnp.zeros(3)}), None)
+    np.testing.assert_allclose(np.asarray(u["w"]), -0.1 * np.ones(3) / np.sqrt(3), atol=1e-6)
+
+    def out(sigma):
+        t = scale_by_dpsgd(l2_norm_clip=1.0, noise_multiplier=sigma, seed=1)
+        return t.update(g, t.init(None))[0]["w"]
+
+    many = jax.vmap(out)(jnp.array([0.0, 1.0]))
+    np.testing.assert_allclose(np.asarray(many[0]), np.ones(3) / np.sqrt(3), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(many[1]), np.asarray(out(1.0)), atol=1e-6)
