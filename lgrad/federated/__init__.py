@@ -11,6 +11,9 @@ One layer for every multi-worker algorithm (see ``docs/federated.md``):
   :class:`ClientUpdate`, sampling, an :class:`Aggregator`, a server optimizer);
 * decentralized rules: :func:`decentralized` with a mix -- :func:`gossip_mix`
   (D-SGD over any graph) or :func:`neighbour_mix` (robust rules, MoNNA's NNA);
+* DADAO (Even et al.), an asynchronous decentralized event simulator:
+  :func:`dadao_simulate` with :func:`dadao_graph`, :func:`dadao_constants`,
+  :func:`dadao_events`, and its synchronous baseline :func:`dsgd_baseline`;
 * :func:`mean_over_workers`: the all-reduce of synchronous data-parallel training;
 * :func:`shard_workers` places worker-stacked inputs on a device mesh.
 """
@@ -25,6 +28,15 @@ from lgrad.federated._algorithm import rule_aggregator as rule_aggregator
 from lgrad.federated._algorithm import server_algorithm as server_algorithm
 from lgrad.federated._algorithm import shard_workers as shard_workers
 from lgrad.federated._algorithm import worker_algorithm as worker_algorithm
+from lgrad.federated._dadao import DADAOConstants as DADAOConstants
+from lgrad.federated._dadao import DADAOEvents as DADAOEvents
+from lgrad.federated._dadao import DADAOState as DADAOState
+from lgrad.federated._dadao import dadao_constants as dadao_constants
+from lgrad.federated._dadao import dadao_events as dadao_events
+from lgrad.federated._dadao import dadao_graph as dadao_graph
+from lgrad.federated._dadao import dadao_init as dadao_init
+from lgrad.federated._dadao import dadao_simulate as dadao_simulate
+from lgrad.federated._dadao import dsgd_baseline as dsgd_baseline
 from lgrad.federated._data import ClientData as ClientData
 from lgrad.federated._data import client_minibatch as client_minibatch
 from lgrad.federated._data import num_sampled as num_sampled
@@ -39,27 +51,36 @@ from lgrad.federated._decentralized import neighbour_mix as neighbour_mix
 
 __all__ = [
     "Aggregator",
+    "client_minibatch",
     "ClientData",
     "ClientUpdate",
-    "DecentralizedState",
-    "FederatedAlgorithm",
-    "Mix",
-    "ServerState",
-    "WorkerState",
-    "client_minibatch",
+    "dadao_constants",
+    "dadao_events",
+    "dadao_graph",
+    "dadao_init",
+    "dadao_simulate",
+    "DADAOConstants",
+    "DADAOEvents",
+    "DADAOState",
     "decentralized",
+    "DecentralizedState",
+    "dsgd_baseline",
+    "FederatedAlgorithm",
     "gossip_mix",
     "local_training",
-    "mean_over_workers",
     "mean_aggregator",
+    "mean_over_workers",
+    "Mix",
     "neighbour_mix",
     "num_sampled",
     "rule_aggregator",
     "sample_clients",
     "server_algorithm",
+    "ServerState",
     "shard_workers",
     "stack_clients",
     "worker_algorithm",
+    "WorkerState",
 ]
 
 # Public transformation factories (checked by the shared transform table).
