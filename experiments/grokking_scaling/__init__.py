@@ -1,7 +1,7 @@
 """Li₂ grokking scaling law: the memorisation/generalisation boundary at n* ∝ M log M.
 
 Paper: Y. Tian, "Provable Scaling Laws of Feature Emergence from Learning Dynamics
-of Grokking" (2025), Li₂ framework; PAPERS.md A2.
+of Grokking" (2025), Li₂ framework; docs/papers/grokking-scaling.md.
 Command: ``lgrad run grokking-scaling --quick`` (``--full`` adds M = 53, 71, 97, 127,
 more fractions and seeds, 2,000 epochs).
 Expected: modular addition a + b mod M with a two-layer quadratic network whose top
@@ -10,15 +10,20 @@ fraction c log M / M (c = 2.7482) the network memorises (train accuracy 1, test 
 at >= 1.5 x it generalises (test >= 0.95).
 
 Every (fraction, seed) cell of one M shares shapes (the training set is a 0/1 mask
-over all M^2 pairs), so all cells of one M train as one vmapped, jitted program:
-the experiment is an ``lgrad.sweep`` (``run_cells`` per modulus group), and the same
-cells can be swept from the command line, e.g.
+over all M^2 pairs), so all cells of one M train as one vmapped program. There is
+one training path (:func:`cell_program`): the run drives its step, vmapped over the
+cells, with ``lgrad.train.run_loop`` (so ``lgrad run --checkpoint-every/--resume``
+checkpoint it), and a sweep cell (:func:`train_cell`) is ``lgrad.train.scan_steps``
+of the same step, e.g.
 ``lgrad sweep grokking-scaling --grid modulus=23,37 --grid multiple=0.5,1,2 --seeds 2``.
+Before this (until the training core moved to ``lgrad.train``) the run went through
+``lgrad.sweep.run_cells``; the move left every claim value and metrics.jsonl of
+the quick run unchanged, bit for bit.
 """
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +32,7 @@ import optax
 
 from lgrad.engine import Claim, RunContext
 from lgrad.local import ridge_solve
-from lgrad.sweep import run_cells
+from lgrad.train import run_loop, scan_steps
 
 NAME = "grokking-scaling"
 PAPER = "Tian 2025, Provable Scaling Laws of Feature Emergence from Learning Dynamics of Grokking (Li2)"
@@ -92,7 +97,7 @@ def modular_addition(m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def make_cell(m: int, cfg: dict[str, Any]):
     """(init, step, evaluate) for one modulus; each acts on one cell and is vmapped.
 
-    Model (PAPERS.md A2): h = W x with x = [onehot(a); onehot(b)] (so h = W[:, a] +
+    Model (docs/papers/grokking-scaling.md): h = W x with x = [onehot(a); onehot(b)] (so h = W[:, a] +
     W[:, M + b]), F = sigma(h), o = V F with V the ridge solution on the training rows
     (no gradient through it); loss = mean over training rows of
     ||o - mean(o) - (e_y - 1/M)||^2; Adam with coupled (L2) weight decay on W only.
@@ -145,9 +150,36 @@ def make_cell(m: int, cfg: dict[str, Any]):
     return init, step, evaluate
 
 
-# --- the sweep protocol (lgrad.sweep): one cell = (modulus, multiple, seed) -------------
+# --- the single training path: one cell = (modulus, multiple, seed) -------------------
+# The carry is ``(cell, hp)``: the cell's hyperparameters travel with it (traced
+# scalars), so the main run (``run_loop`` of the vmapped step, checkpointable) and a
+# sweep cell (``scan_steps``, vmapped by ``lgrad.sweep``) compile the same program.
 SWEEPABLE = ("multiple", "learning_rate", "weight_decay", "ridge", "init_scale")
 SWEEP_METRIC = ("test_acc", "max")
+
+
+def cell_program(static: dict[str, Any]) -> tuple[Callable, Callable, Callable]:
+    """``(init(hp, key), step, evaluate)`` on the carry ``(cell, hp)`` of modulus
+    ``static["modulus"]``; ``hp`` holds the ``SWEEPABLE`` keys (``multiple`` x the
+    critical fraction is the training fraction)."""
+    m = static["modulus"]
+
+    def fns(hp):
+        return make_cell(m, {**static, **hp})
+
+    def init(hp, key):
+        return fns(hp)[0](hp["multiple"] * critical_fraction(m), key), hp
+
+    def step(carry):
+        cell, hp = carry
+        cell, metrics = fns(hp)[1](cell)
+        return (cell, hp), metrics
+
+    def evaluate(carry):
+        cell, hp = carry
+        return fns(hp)[2](cell)
+
+    return init, step, evaluate
 
 
 def train_cell(static: dict[str, Any], hp: dict[str, Any], key: jax.Array) -> dict[str, jax.Array]:
@@ -155,21 +187,11 @@ def train_cell(static: dict[str, Any], hp: dict[str, Any], key: jax.Array) -> di
     x the critical fraction, seed ``key``. Returns the final train/test accuracy and
     their curves every ``eval_every`` epochs (pure and traceable: ``lgrad.sweep``
     vmaps it over cells that share the modulus)."""
-    m = static["modulus"]
-    init, step, evaluate = make_cell(m, {**static, **hp})
-    every = static["eval_every"]
-    blocks, rest = divmod(static["epochs"], every)
-
-    def block(cell, _):
-        cell, _ = jax.lax.scan(lambda c, __: step(c), cell, None, length=every)
-        return cell, evaluate(cell)
-
-    cell = init(hp["multiple"] * critical_fraction(m), key)
-    first = evaluate(cell)
-    cell, curve = jax.lax.scan(block, cell, None, length=blocks)
-    if rest:
-        cell, _ = jax.lax.scan(lambda c, __: step(c), cell, None, length=rest)
-    final = evaluate(cell)
+    init, step, evaluate = cell_program(static)
+    carry = init(hp, key)
+    first = evaluate(carry)
+    carry, _, curve = scan_steps(step, carry, static["epochs"], eval_every=static["eval_every"], eval_fn=evaluate)
+    final = evaluate(carry)
     return {
         "train_acc": final["train_acc"],
         "test_acc": final["test_acc"],
@@ -179,30 +201,37 @@ def train_cell(static: dict[str, Any], hp: dict[str, Any], key: jax.Array) -> di
 
 
 def train_modulus(m: int, cfg: dict[str, Any], ctx: RunContext):
-    """Every (multiple, seed) cell of modulus m, as one batched sweep group."""
+    """Every (multiple, seed) cell of modulus m: ``run_loop`` of the step vmapped over
+    the cells (``strategy="vmap"``) or one ``run_loop`` per cell (``"sequential"``)."""
+    if cfg["strategy"] not in ("vmap", "sequential"):
+        raise ValueError(f"strategy must be 'vmap' or 'sequential', got {cfg['strategy']!r}")
     static = {k: v for k, v in cfg.items() if k not in SWEEPABLE and k != "seed"}
     static["modulus"] = m
     multiples = np.asarray(cfg["multiples"], np.float64)
     seeds = np.arange(cfg["n_seeds"])
     mult_grid, seed_grid = np.meshgrid(multiples, seeds, indexing="ij")
-    hparams = [{**{k: cfg[k] for k in SWEEPABLE}, "multiple": float(x)} for x in mult_grid.ravel()]
-    cell_seeds = [cfg["seed"] + 1000 * m + int(s) for s in seed_grid.ravel()]
-    with ctx.progress(total=len(hparams), desc=f"M={m} ({len(hparams)} cells)") as bar:
-        metrics, info = run_cells(
-            lambda hp, key: train_cell(static, hp, key),
-            hparams,
-            cell_seeds,
-            strategy=cfg["strategy"],
-            on_done=lambda idx, _: bar.update(len(idx)),
+    hps = {k: np.full(mult_grid.size, cfg[k]) for k in SWEEPABLE}
+    hps["multiple"] = mult_grid.ravel()
+    keys = jnp.stack([jax.random.PRNGKey(cfg["seed"] + 1000 * m + int(s)) for s in seed_grid.ravel()])
+    init, step, evaluate = cell_program(static)
+    groups = [slice(None)] if cfg["strategy"] == "vmap" else [slice(i, i + 1) for i in range(mult_grid.size)]
+    evals = []
+    for g in groups:
+        # Jitted, as inside a sweep cell: an eager init rounds init_scale * normal differently.
+        carry = jax.jit(jax.vmap(init))({k: jnp.asarray(v[g]) for k, v in hps.items()}, keys[g])
+        res = run_loop(
+            jax.vmap(step),
+            carry,
+            steps=cfg["epochs"],
+            eval_fn=jax.vmap(evaluate),
+            eval_every=cfg["eval_every"],
+            progress=lambda total, desc: ctx.progress(total=total, desc=f"M={m} ({mult_grid.size} cells)"),
         )
+        evals.append(res.evals)
     shape = mult_grid.shape
-    final = {k: np.asarray([c[k] for c in metrics]).reshape(shape) for k in ("train_acc", "test_acc")}
-    curves = {
-        k.replace("_curve", "_acc"): np.moveaxis(np.asarray([c[k] for c in metrics]).reshape(shape + (-1,)), -1, 0)
-        for k in ("train_curve", "test_curve")
-    }  # (evals, multiple, seed)
-    eval_steps = np.arange(curves["test_acc"].shape[0]) * cfg["eval_every"]
-    return final, curves, eval_steps
+    curves = {k: np.concatenate([np.asarray(e[k]) for e in evals], axis=1).reshape((-1,) + shape) for k in ("train_acc", "test_acc")}
+    final = {k: c[-1] for k, c in curves.items()}  # run() checks that eval_every divides epochs
+    return final, curves, res.eval_steps
 
 
 def _boundary(multiples: np.ndarray, test: np.ndarray, crit: float) -> dict[str, Any]:
