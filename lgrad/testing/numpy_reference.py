@@ -6,7 +6,7 @@ Each ``*_reference(grad_fn, x0, steps, **hyper)`` returns the trajectory
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -76,15 +76,21 @@ def dgc_reference(
     momentum: float = 0.9,
     nesterov: bool = False,
     momentum_masking: bool = True,
+    segments: Sequence[int] | None = None,
 ) -> np.ndarray:
     """Single-worker Deep Gradient Compression with exact top-k (Lin et al. 2018,
     Algorithm 1 with n = 1): u <- m u + g, v <- v + u (Nesterov: u <- m (u + g),
     v <- v + u + g); send the k = round(density * size) largest |v|; u, v <- 0 there
-    (u only with momentum masking); x <- x - lr * sent. One flat tensor."""
+    (u only with momentum masking); x <- x - lr * sent.
+
+    ``segments``: the sizes of consecutive tensors in ``x`` (default: one tensor),
+    each selecting its own top-k as DGC does per layer."""
     x = np.array(x0, dtype=np.float64)
     u = np.zeros_like(x)
     v = np.zeros_like(x)
-    k = int(round(density * x.size))
+    bounds = np.cumsum([0] + list(segments if segments is not None else [x.size]))
+    if bounds[-1] != x.size:
+        raise ValueError(f"segments must add up to x0.size = {x.size}, got {list(segments or [])!r}")
     out = []
     for _ in range(steps):
         g = grad_fn(x)
@@ -94,12 +100,42 @@ def dgc_reference(
         else:
             u = momentum * u + g
             v = v + u
-        idx = np.argsort(-np.abs(v), kind="stable")[:k]
         sent = np.zeros_like(x)
-        sent[idx] = v[idx]
-        v[idx] = 0.0
-        if momentum_masking:
-            u[idx] = 0.0
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            k = int(round(density * (hi - lo)))
+            idx = lo + np.argsort(-np.abs(v[lo:hi]), kind="stable")[:k]
+            sent[idx] = v[idx]
+            v[idx] = 0.0
+            if momentum_masking:
+                u[idx] = 0.0
         x = x - learning_rate * sent
+        out.append(x.copy())
+    return np.asarray(out)
+
+
+def mezo_reference(
+    loss_fn: Callable[[np.ndarray], float],
+    x0: np.ndarray,
+    steps: int,
+    noise: Callable[[int, int], np.ndarray],
+    *,
+    learning_rate: float = 1e-3,
+    eps: float = 1e-3,
+    weight_decay: float = 0.0,
+    num_samples: int = 1,
+) -> np.ndarray:
+    """One-worker MeZO (Malladi et al. 2023, Eq. 1 and Algorithm 1):
+    pg_s = (L(x + eps z_s) - L(x - eps z_s)) / (2 eps),
+    x <- x - lr (mean_s pg_s z_s + weight_decay x); a step with a non-finite pg is
+    skipped. ``noise(t, s)`` returns z_s of step t (the caller's random directions:
+    the reference checks the update, not the random number generator)."""
+    x = np.array(x0, dtype=np.float64)
+    out = []
+    for t in range(steps):
+        zs = [np.asarray(noise(t, s), np.float64) for s in range(num_samples)]
+        pgs = [(loss_fn(x + eps * z) - loss_fn(x - eps * z)) / (2 * eps) for z in zs]
+        if all(np.isfinite(pgs)):
+            g = sum(pg * z for pg, z in zip(pgs, zs)) / num_samples + weight_decay * x
+            x = x - learning_rate * g
         out.append(x.copy())
     return np.asarray(out)
