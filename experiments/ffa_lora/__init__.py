@@ -47,7 +47,7 @@ from lgrad.adapters import add_lora, combine, lora_client, lora_delta, lora_labe
 from lgrad.data import average_pool, mnist5k, train_test_split
 from lgrad.distributed.partition import dirichlet
 from lgrad.engine import Claim, RunContext, run_loop
-from lgrad.engine.config import Float, Int
+from lgrad.engine.config import Choice, Float, Int
 from lgrad.optim._dpsgd import dpsgd
 
 NAME = "ffa-lora"
@@ -95,7 +95,7 @@ LIMITS = {
     "rounds": Int(min=1, max=10**5),
     "dp_rounds": Int(min=1, max=10**5),
     "n_seeds": Int(min=1, max=100),
-    "downsample": Int(min=1, max=4),
+    "downsample": Choice(1, 2, 4),
 }
 
 
