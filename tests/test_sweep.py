@@ -210,7 +210,8 @@ def test_sweep_groups_static_keys_and_resumes_after_kill(tmp_path, monkeypatch):
     with pytest.raises(Killed):
         run_sweep("diffgrad-synthetic", spec, **kw)
     monkeypatch.setattr(sweep_runner, "run_cells", real)
-    assert len(list((full.out_dir / "cells").glob("*.json"))) == 8
+    # an interrupted sweep keeps its cells in the partial folder that --resume continues
+    assert len(list((full.out_dir.parent / ".sweep.partial" / "cells").glob("*.json"))) == 8
     resumed = run_sweep("diffgrad-synthetic", spec, resume=True, **kw)
     assert resumed.skipped == 8 and sum(g["cells"] for g in resumed.groups) == 4
     assert (full.out_dir / "sweep.jsonl").read_text() == table
