@@ -19,3 +19,25 @@ from hypothesis import settings  # noqa: E402
 settings.register_profile("ci", derandomize=True, deadline=None)
 if os.environ.get("CI"):
     settings.load_profile("ci")
+
+# The fixture experiment (tests/fixtures/fixture_experiment): tests that use it take the
+# `fixture_experiment` fixture, which makes it the only experiment the registry finds
+# (so engine/checkpoint tests neither import nor depend on the real reproductions).
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+FIXTURES = Path(__file__).parent / "fixtures"
+if str(FIXTURES) not in sys.path:
+    sys.path.insert(0, str(FIXTURES))
+FIXTURE_NAME = "fixture-quadratic"
+
+
+@pytest.fixture
+def fixture_experiment(monkeypatch):
+    """Make ``fixture-quadratic`` the only discoverable experiment; returns its name."""
+    from lgrad.engine import registry
+
+    monkeypatch.setattr(registry, "experiment_packages", lambda: ["fixture_experiment"])
+    return FIXTURE_NAME

@@ -1,4 +1,5 @@
-"""lgrad.checkpoint: kill-and-resume equality, corrupted-checkpoint fallback, refusals."""
+"""lgrad.train.checkpoint: kill-and-resume equality, corrupted-checkpoint fallback (one
+quiet warning line), refusals."""
 from __future__ import annotations
 
 import json
@@ -9,9 +10,9 @@ import numpy as np
 import optax
 import pytest
 
-from lgrad.checkpoint import CheckpointMismatch, Checkpointer, CheckpointSession, LoopCheckpoint
 from lgrad.cli import main
-from lgrad.engine import batch_sampler, fit, run_experiment
+from lgrad.engine import run_experiment
+from lgrad.train import CheckpointMismatch, Checkpointer, CheckpointSession, LoopCheckpoint, batch_sampler, fit
 
 
 class Killed(Exception):
@@ -104,41 +105,68 @@ def test_session_refuses_another_config(tmp_path):
         LoopCheckpoint(tmp_path / "x", every=0)
 
 
-def test_run_resume_after_kill_gives_the_same_files(tmp_path, monkeypatch):
-    """``lgrad run --resume``: every fit of the experiment checkpoints through the
+def test_truncated_step_gives_one_quiet_warning_line(tmp_path, capfd):
+    """A fit resumed over a fully truncated latest step: exactly one line on stderr (no
+    absl JSON errors, no asyncio tracebacks), and the same numbers as a clean run."""
+    loss, kw = _problem()
+    reference = fit(loss, jnp.zeros(3), optax.adam(0.05), **kw, checkpoint=False)
+    fit(loss, jnp.zeros(3), optax.adam(0.05), **kw, checkpoint=LoopCheckpoint(tmp_path, every=10))
+    latest = max(int(p.name) for p in tmp_path.iterdir() if p.name.isdigit())
+    for f in (tmp_path / str(latest)).rglob("*"):
+        if f.is_file():
+            f.write_bytes(f.read_bytes()[:5])
+    capfd.readouterr()
+    resumed = fit(loss, jnp.zeros(3), optax.adam(0.05), **kw, checkpoint=LoopCheckpoint(tmp_path, every=10))
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("lgrad: warning: checkpoint step 37") and "corrupted or truncated" in err[0]
+    _assert_same(resumed, reference)
+
+
+@pytest.mark.slow
+def test_run_resume_after_kill_gives_the_same_files(tmp_path, monkeypatch, fixture_experiment):
+    """``lgrad run --resume``: every loop of the experiment checkpoints through the
     context's session; a run killed mid-way finishes with identical numbers."""
-    over = {"steps": 30, "n_starts": 2}
-    ref = run_experiment("diffgrad-synthetic", "quick", over, tmp_path / "ref", show_progress=False, checkpoint_every=10)
+    name = fixture_experiment
+    over = {"steps": 30}
+    ref = run_experiment(name, "quick", over, tmp_path / "ref", show_progress=False, checkpoint_every=10)
     saves = {"n": 0}
     original = LoopCheckpoint.save
 
     def dying_save(self, *a, **k):
         original(self, *a, **k)
         saves["n"] += 1
-        if saves["n"] == 8:  # inside the third fit (3 saves per fit)
+        if saves["n"] == 8:  # inside the third loop (3 saves per loop)
             raise Killed
 
     monkeypatch.setattr(LoopCheckpoint, "save", dying_save)
     with pytest.raises(Killed):
-        run_experiment("diffgrad-synthetic", "quick", over, tmp_path / "run", show_progress=False, checkpoint_every=10)
+        run_experiment(name, "quick", over, tmp_path / "run", show_progress=False, checkpoint_every=10)
     monkeypatch.setattr(LoopCheckpoint, "save", original)
-    ckdir = tmp_path / "run" / "diffgrad-synthetic" / "checkpoints"
+    ckdir = tmp_path / "run" / name / "checkpoints"
     assert sorted(p.name for p in ckdir.glob("loop-*")) == ["loop-000", "loop-001", "loop-002"]
     # resuming with another config is refused in one line, before any work
-    rc = main(["run", "diffgrad-synthetic", "--set", "steps=31", "--set", "n_starts=2", "--resume",
-               "--out", str(tmp_path / "run"), "--no-progress"])
+    rc = main(["run", name, "--set", "steps=31", "--resume", "--out", str(tmp_path / "run"), "--no-progress"])
     assert rc == 2
-    res = run_experiment("diffgrad-synthetic", "quick", over, tmp_path / "run", show_progress=False, resume=True)
+    res = run_experiment(name, "quick", over, tmp_path / "run", show_progress=False, resume=True)
     assert [c.to_dict() for c in res.claims] == [c.to_dict() for c in ref.claims]
-    a = (tmp_path / "ref" / "diffgrad-synthetic" / "metrics.jsonl").read_text()
-    b = (tmp_path / "run" / "diffgrad-synthetic" / "metrics.jsonl").read_text()
+    a = (tmp_path / "ref" / name / "metrics.jsonl").read_text()
+    b = (tmp_path / "run" / name / "metrics.jsonl").read_text()
     assert a == b
     assert not ckdir.exists()  # removed once the run completed
 
 
-def test_cli_resume_mismatch_is_one_line(tmp_path, capsys):
-    root = tmp_path / "diffgrad-synthetic" / "checkpoints"
-    CheckpointSession(root, every=10, fingerprint={"experiment": "diffgrad-synthetic", "mode": "quick", "config": {"steps": 1}})
-    rc = main(["run", "diffgrad-synthetic", "--resume", "--out", str(tmp_path), "--no-progress"])
+def test_cli_resume_mismatch_is_one_line(tmp_path, capsys, fixture_experiment):
+    name = fixture_experiment
+    root = tmp_path / name / "checkpoints"
+    CheckpointSession(root, every=10, fingerprint={"experiment": name, "mode": "quick", "config": {"steps": 1}})
+    rc = main(["run", name, "--resume", "--out", str(tmp_path), "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 2 and "different config" in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_legacy_checkpoint_module_is_the_same():
+    import lgrad.checkpoint as legacy
+    import lgrad.train.checkpoint as ckpt
+
+    assert legacy.LoopCheckpoint is ckpt.LoopCheckpoint and legacy.CheckpointMismatch is ckpt.CheckpointMismatch
+    assert issubclass(ckpt.CheckpointMismatch, ValueError)

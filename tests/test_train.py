@@ -1,0 +1,74 @@
+"""lgrad.train: the pure core ``scan_steps`` and the host driver ``run_loop`` agree."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from lgrad.train import TrainState, batch_sampler, fit, gradient_step, run_loop, scan_steps
+
+
+def _step(c):
+    return c * 0.9 + 1.0, {"c": c, "sq": c * c}
+
+
+def _eval(c):
+    return {"e": jnp.sum(c)}
+
+
+def test_scan_steps_shapes_and_schedule():
+    carry, hist, evals = jax.jit(lambda c: scan_steps(_step, c, 23, eval_every=5, eval_fn=_eval))(jnp.ones(2))
+    assert hist["c"].shape == (23, 2) and evals["e"].shape == (4,)  # evals after 5, 10, 15, 20
+    c = jnp.ones(2)
+    for t in range(23):
+        np.testing.assert_allclose(hist["c"][t], c, rtol=1e-6)
+        c, _ = _step(c)
+        if (t + 1) % 5 == 0 and t < 20:
+            np.testing.assert_allclose(evals["e"][(t + 1) // 5 - 1], jnp.sum(c), rtol=1e-6)  # jit vs eager
+    np.testing.assert_allclose(carry, c, rtol=1e-6)
+    _, _, evals = scan_steps(_step, jnp.ones(2), 7, eval_fn=_eval)  # eval_every=0: once, at the end
+    assert evals["e"].shape == (1,)
+    _, hist, evals = scan_steps(_step, jnp.ones(2), 7)
+    assert evals == {} and hist["c"].shape == (7, 2)
+
+
+def test_scan_steps_vmaps_like_a_loop():
+    batched = jax.vmap(lambda c: scan_steps(_step, c, 12, eval_every=4, eval_fn=_eval))(jnp.arange(6.0).reshape(3, 2))
+    for i in range(3):
+        one = scan_steps(_step, jnp.arange(6.0).reshape(3, 2)[i], 12, eval_every=4, eval_fn=_eval)
+        for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(jax.tree.map(lambda x: x[i], batched))):
+            np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_run_loop_equals_scan_steps_bitwise():
+    x = jax.random.normal(jax.random.PRNGKey(1), (64, 3))
+    data = (x, x @ jnp.array([1.0, -2.0, 0.5]))
+    tx = optax.with_extra_args_support(optax.adam(0.05))
+    step = gradient_step(lambda p, b: jnp.mean((b[0] @ p - b[1]) ** 2), tx, batch_fn=batch_sampler(data, 8))
+    carry = TrainState(jnp.zeros(3), tx.init(jnp.zeros(3)), jax.random.PRNGKey(3), jnp.zeros([], jnp.int32))
+    evaluate = lambda s: {"n": jnp.sum(s.params ** 2)}  # noqa: E731
+    res = run_loop(step, carry, steps=40, eval_fn=evaluate, eval_every=5, chunk_size=10, checkpoint=False)
+    final, hist, evals = jax.jit(lambda c: scan_steps(step, c, 40, eval_every=5, eval_fn=evaluate))(carry)
+    np.testing.assert_array_equal(res.history["loss"], hist["loss"])
+    np.testing.assert_array_equal(res.evals["n"][1:], evals["n"])  # run_loop adds the eval at step 0
+    for a, b in zip(jax.tree.leaves(res.state), jax.tree.leaves(final)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_scan_steps_rejects_traced_or_negative_counts():
+    with pytest.raises(ValueError, match="num_steps must be an int >= 0"):
+        scan_steps(_step, jnp.ones(2), -1)
+    with pytest.raises(ValueError, match="eval_every must be an int >= 0"):
+        scan_steps(_step, jnp.ones(2), 3, eval_every=1.5)
+
+
+def test_fit_is_run_loop_of_gradient_step():
+    loss = lambda p, b: jnp.sum((p - b) ** 2)  # noqa: E731
+    a = fit(loss, jnp.zeros(3), optax.sgd(0.1), steps=9, data=jnp.arange(3.0), checkpoint=False)
+    tx = optax.with_extra_args_support(optax.sgd(0.1))
+    s0 = TrainState(jnp.zeros(3), tx.init(jnp.zeros(3)), jax.random.PRNGKey(0), jnp.zeros([], jnp.int32))
+    b = run_loop(gradient_step(loss, tx, data=jnp.arange(3.0)), s0, steps=9, checkpoint=False)
+    np.testing.assert_array_equal(a.history["loss"], b.history["loss"])
+    np.testing.assert_array_equal(a.params, b.params)
