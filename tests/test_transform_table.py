@@ -309,7 +309,7 @@ def test_converges_on_quadratic(entry):
 def test_matches_numpy_reference(entry):
     if entry.reference is None:
         pytest.skip("no numpy reference for this configuration")
-    steps = 100
+    steps = entry.ref_steps
     with jax.enable_x64(True):
         prob = problem(jnp.float64)
         traj = run(entry, make(entry), prob, steps, trajectory=True)

@@ -112,6 +112,7 @@ class Entry:
     reference: Callable[..., np.ndarray] | None = None  # reference(problem, steps, **ref_kwargs)
     ref_kwargs: dict[str, Any] | None = None  # defaults to kwargs
     ref_atol: float = 1e-6
+    ref_steps: int = 100
     bad_args: tuple[dict[str, Any], ...] = ()  # each must raise a one-line ValueError naming the key
     converge_steps: int = 400
     scale_lr: float | None = None  # for "scale_by_*" pieces: chain with optax.scale(-lr)
@@ -257,6 +258,27 @@ ENTRIES: list[Entry] = [
         converge_steps=600,
         loss_fn=True,
         rtol=1e-3,
+    ),
+    # ---- SAM-style perturbed gradient (Foret et al. 2021; FedSpeed, Sun et al. 2023)
+    Entry(
+        "sam",
+        lo.sam,
+        dict(learning_rate=0.1, rho=0.05, alpha=1.0),
+        reference=gradient_reference(ref.sam_reference),
+        ref_steps=40,  # later, near the optimum, g / ||g|| turns chaotic: rounding (1e-16) grows to 1e-5 by step 50
+        bad_args=({"learning_rate": -1.0}, {"rho": -0.1}, {"alpha": 1.5}, {"alpha": -0.1}),
+        loss_fn=True,
+    ),
+    Entry(
+        "scale_by_sam-mixed",
+        lo.scale_by_sam,
+        dict(rho=0.1, alpha=0.5),
+        reference=gradient_reference(ref.sam_reference),
+        ref_kwargs=dict(learning_rate=0.1, rho=0.1, alpha=0.5),
+        ref_steps=40,  # see "sam"
+        bad_args=({"rho": float("nan")}, {"alpha": 2.0}),
+        scale_lr=0.1,
+        loss_fn=True,
     ),
 ]
 

@@ -1,6 +1,6 @@
 """Optimizers and gradient transforms, each an ``optax.GradientTransformation``.
 
-The rules live in private modules (``_diffgrad``, ``_dgc``, ``_zeroth_order``);
+The rules live in private modules (``_diffgrad``, ``_dgc``, ``_sam``, ``_zeroth_order``);
 this package re-exports every public name, optax-style. :data:`TRANSFORMS` names
 every public transform factory (the shared transform table covers each)."""
 from lgrad.optim._dgc import DGCState as DGCState
@@ -20,6 +20,10 @@ from lgrad.optim._dgc import warmup_phases as warmup_phases
 from lgrad.optim._diffgrad import ScaleByDiffGradState as ScaleByDiffGradState
 from lgrad.optim._diffgrad import diffgrad as diffgrad
 from lgrad.optim._diffgrad import scale_by_diffgrad as scale_by_diffgrad
+from lgrad.optim._sam import ScaleBySAMState as ScaleBySAMState
+from lgrad.optim._sam import perturbed_gradient as perturbed_gradient
+from lgrad.optim._sam import sam as sam
+from lgrad.optim._sam import scale_by_sam as scale_by_sam
 from lgrad.optim._zeroth_order import INVALID_CODE as INVALID_CODE
 from lgrad.optim._zeroth_order import MeZOState as MeZOState
 from lgrad.optim._zeroth_order import mezo as mezo
@@ -32,7 +36,7 @@ from lgrad.optim._zeroth_order import spsa_gradient as spsa_gradient
 from lgrad.optim._zeroth_order import spsa_projected_gradient as spsa_projected_gradient
 
 #: Every public transform factory of this package (returns an optax transform).
-TRANSFORMS = ("diffgrad", "scale_by_diffgrad", "dgc", "scale_by_dgc", "mezo", "scale_by_mezo")
+TRANSFORMS = ("diffgrad", "scale_by_diffgrad", "dgc", "scale_by_dgc", "mezo", "scale_by_mezo", "sam", "scale_by_sam")
 
 __all__ = [
     # diffGrad
@@ -54,6 +58,11 @@ __all__ = [
     "select_topk",
     "warmup_density",
     "warmup_phases",
+    # SAM-style perturbed gradient (FedSpeed's local step)
+    "ScaleBySAMState",
+    "perturbed_gradient",
+    "sam",
+    "scale_by_sam",
     # zeroth order (MeZO, one byte)
     "INVALID_CODE",
     "MeZOState",

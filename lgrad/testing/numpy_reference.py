@@ -139,3 +139,26 @@ def mezo_reference(
             x = x - learning_rate * g
         out.append(x.copy())
     return np.asarray(out)
+
+
+def sam_reference(
+    grad_fn: GradFn,
+    x0: np.ndarray,
+    steps: int,
+    *,
+    learning_rate: float = 0.1,
+    rho: float = 0.05,
+    alpha: float = 1.0,
+) -> np.ndarray:
+    """SAM-style descent (Foret et al. 2021; FedSpeed's mixed gradient, Sun et al.
+    2023): g1 = grad(x), g2 = grad(x + rho g1 / ||g1||) (g1 = 0: no ascent),
+    x <- x - lr ((1 - alpha) g1 + alpha g2)."""
+    x = np.array(x0, dtype=np.float64)
+    out = []
+    for _ in range(steps):
+        g1 = grad_fn(x)
+        norm = np.linalg.norm(g1)
+        g2 = grad_fn(x + rho * g1 / norm) if norm > 0 else g1
+        x = x - learning_rate * ((1 - alpha) * g1 + alpha * g2)
+        out.append(x.copy())
+    return np.asarray(out)
