@@ -14,6 +14,9 @@ One layer for every multi-worker algorithm (see ``docs/federated.md``):
 * DADAO (Even et al.), an asynchronous decentralized event simulator:
   :func:`dadao_simulate` with :func:`dadao_graph`, :func:`dadao_constants`,
   :func:`dadao_events`, and its synchronous baseline :func:`dsgd_baseline`;
+* FedSpeed (Sun et al. 2023): :func:`fedspeed`, :func:`fedspeed_client`,
+  :func:`fedspeed_aggregator`; curricula: :func:`order_by_difficulty`,
+  :func:`linear_pacing`, :func:`curriculum_training`, :func:`difficulty_selection`;
 * :func:`mean_over_workers`: the all-reduce of synchronous data-parallel training;
 * :func:`shard_workers` places worker-stacked inputs on a device mesh.
 """
@@ -28,6 +31,11 @@ from lgrad.federated._algorithm import rule_aggregator as rule_aggregator
 from lgrad.federated._algorithm import server_algorithm as server_algorithm
 from lgrad.federated._algorithm import shard_workers as shard_workers
 from lgrad.federated._algorithm import worker_algorithm as worker_algorithm
+from lgrad.federated._curriculum import ORDERINGS as CURRICULUM_ORDERINGS
+from lgrad.federated._curriculum import curriculum_training as curriculum_training
+from lgrad.federated._curriculum import difficulty_selection as difficulty_selection
+from lgrad.federated._curriculum import linear_pacing as linear_pacing
+from lgrad.federated._curriculum import order_by_difficulty as order_by_difficulty
 from lgrad.federated._dadao import DADAOConstants as DADAOConstants
 from lgrad.federated._dadao import DADAOEvents as DADAOEvents
 from lgrad.federated._dadao import DADAOState as DADAOState
@@ -42,6 +50,10 @@ from lgrad.federated._data import client_minibatch as client_minibatch
 from lgrad.federated._data import num_sampled as num_sampled
 from lgrad.federated._data import sample_clients as sample_clients
 from lgrad.federated._data import stack_clients as stack_clients
+from lgrad.federated._fedspeed import FedSpeedClientState as FedSpeedClientState
+from lgrad.federated._fedspeed import fedspeed as fedspeed
+from lgrad.federated._fedspeed import fedspeed_aggregator as fedspeed_aggregator
+from lgrad.federated._fedspeed import fedspeed_client as fedspeed_client
 from lgrad.federated._decentralized import DecentralizedState as DecentralizedState
 from lgrad.federated._decentralized import Mix as Mix
 from lgrad.federated._decentralized import decentralized as decentralized
@@ -54,6 +66,8 @@ __all__ = [
     "client_minibatch",
     "ClientData",
     "ClientUpdate",
+    "CURRICULUM_ORDERINGS",
+    "curriculum_training",
     "dadao_constants",
     "dadao_events",
     "dadao_graph",
@@ -64,15 +78,22 @@ __all__ = [
     "DADAOState",
     "decentralized",
     "DecentralizedState",
+    "difficulty_selection",
     "dsgd_baseline",
     "FederatedAlgorithm",
+    "fedspeed",
+    "fedspeed_aggregator",
+    "fedspeed_client",
+    "FedSpeedClientState",
     "gossip_mix",
+    "linear_pacing",
     "local_training",
     "mean_aggregator",
     "mean_over_workers",
     "Mix",
     "neighbour_mix",
     "num_sampled",
+    "order_by_difficulty",
     "rule_aggregator",
     "sample_clients",
     "server_algorithm",
