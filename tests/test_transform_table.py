@@ -13,16 +13,42 @@ from transform_table import ENTRIES, PACKAGES, Entry, Problem, missing_from_tabl
 IDS = [e.name for e in ENTRIES]
 table = pytest.mark.parametrize(
     "entry", [pytest.param(e, marks=pytest.mark.slow) if e.slow else e for e in ENTRIES], ids=IDS)
+
+
+@pytest.fixture(autouse=True)
+def _known_failures(request):
+    """An entry's ``known_failures`` (a gap in a file this table does not own) xfail."""
+    entry = getattr(request.node, "callspec", None) and request.node.callspec.params.get("entry")
+    reason = entry.known_failures.get(request.node.originalname) if isinstance(entry, Entry) else None
+    if reason:
+        request.node.add_marker(pytest.mark.xfail(reason=reason, strict=False))
+
+
+def one_worker(tx) -> optax.GradientTransformationExtraArgs:
+    """``tx`` run by a single worker under the worker axis (a vmap of size 1), for
+    rules that have no ``axis_name=None`` form."""
+    from lgrad.distributed import comm
+
+    def update(updates, state, params=None, **extra_args):
+        add = lambda t: jax.tree.map(lambda a: a[None], t)  # noqa: E731
+        out = jax.vmap(lambda u, s, p: tx.update(u, s, p, **extra_args), axis_name=comm.AXIS)(
+            add(updates), add(state), add(params))
+        return jax.tree.map(lambda a: a[0], out)
+
+    return optax.GradientTransformationExtraArgs(tx.init, update)
 WORKER_AXIS_OFF = {"axis_name": None}
 
 
 # ----------------------------------------------------------------------------- harness
-def make(entry: Entry, *, wrap=None, **overrides) -> optax.GradientTransformation:
-    """The entry's transform (one worker unless ``axis_name`` is overridden), chained
-    with ``optax.scale(-lr)`` for ``scale_by_*`` pieces; ``wrap`` replaces the factory
+def make(entry: Entry, *, wrap=None, workers=False, **overrides) -> optax.GradientTransformation:
+    """The entry's transform (one worker unless ``workers``), chained with
+    ``optax.scale(-lr)`` for ``scale_by_*`` pieces; ``wrap`` replaces the factory
     call (e.g. with ``optax.inject_hyperparams``)."""
-    kwargs = {**entry.kwargs, **(WORKER_AXIS_OFF if entry.multi_worker else {}), **overrides}
+    single = not workers and entry.multi_worker and not entry.needs_axis
+    kwargs = {**entry.kwargs, **(WORKER_AXIS_OFF if single else {}), **overrides}
     tx = (wrap or entry.factory)(**kwargs)
+    if entry.needs_axis and not workers:
+        tx = one_worker(tx)
     if entry.scale_lr is not None:
         tx = optax.chain(tx, optax.scale(-entry.scale_lr))
     return tx
@@ -130,7 +156,7 @@ def test_factory_shape(entry):
 
     params = inspect.signature(entry.factory).parameters
     name = entry.factory.__name__
-    if name.startswith("scale_by_"):
+    if name.startswith("scale_by_") or entry.combinator:
         assert "learning_rate" not in params
     else:
         assert next(iter(params)) == "learning_rate"
@@ -255,7 +281,7 @@ def _worker_run(entry, n, steps=3, different=False):
     """``steps`` steps inside ``run_workers`` with n workers (identical data unless
     ``different``): returns the stacked (params, state) of every worker."""
     prob = problem()
-    tx = make(entry, **({"axis_name": "workers"} if entry.multi_worker else {}))
+    tx = make(entry, workers=True)
     shift = jnp.asarray(np.random.default_rng(7).normal(size=(n, 6)) if different else np.zeros((n, 6)), jnp.float32)
 
     def worker(p, s, c):

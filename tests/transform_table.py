@@ -120,6 +120,9 @@ class Entry:
     workers_match_single: bool = False  # n workers with the same data == one worker
     rtol: float = 1e-5  # between two programs computing the same thing (jit vs eager, chained, ...)
     slow: bool = False  # a variant of a configuration already in the table: @pytest.mark.slow
+    needs_axis: bool = False  # no axis_name=None: single-worker checks run it as 1 worker under the axis
+    combinator: bool = False  # builds a rule from other transforms (no learning_rate of its own)
+    known_failures: dict[str, str] = dataclasses.field(default_factory=dict)  # test -> reason (xfail)
 
     def __str__(self) -> str:
         return self.name
@@ -154,6 +157,66 @@ _MEZO_BAD = (
 )
 
 _diffgrad_ref = gradient_reference(ref.diffgrad_reference)
+
+
+def _mean_rule(x, i):
+    del i
+    return jnp.mean(x, axis=0)
+
+
+def _worker_axis_entries() -> list[Entry]:
+    """Entries of lgrad.robust / lgrad.federated (written by other engineers; present
+    when those packages provide the factories)."""
+    import optax
+
+    entries: list[Entry] = []
+    try:
+        from lgrad.robust import monna
+    except ImportError:
+        monna = None
+    if monna is not None:
+        entries.append(Entry(
+            "monna",
+            monna,
+            dict(learning_rate=0.1, f=0, beta=0.9),
+            static_args=("f",),
+            reference=gradient_reference(ref.momentum_reference),
+            ref_kwargs=dict(learning_rate=0.1, beta=0.9),
+            bad_args=({"learning_rate": -1.0}, {"beta": 1.0}, {"f": -1}, {"attack_on": "grads"}),
+            needs_axis=True,
+            workers_match_single=True,
+            known_failures={"test_factory_shape": "monna's docstring does not document inject_hyperparams "
+                                                  "(static_args=('f',)); lgrad/robust is not this table's owner's"},
+        ))
+    try:
+        from lgrad.federated import decentralized, mean_over_workers, neighbour_mix
+    except ImportError:
+        return entries
+    entries.append(Entry(
+        "decentralized-mean",
+        decentralized,
+        dict(local=optax.sgd(0.1), mix=neighbour_mix(_mean_rule)),
+        static_args=("mix",),
+        reference=gradient_reference(ref.gd_reference),
+        ref_kwargs=dict(learning_rate=0.1),
+        bad_args=({"attack_on": "grads"}, {"byzantine": (-1,)}, {"mix": 3}),
+        needs_axis=True,
+        combinator=True,
+        workers_match_single=True,
+    ))
+    entries.append(Entry(
+        "mean_over_workers",
+        mean_over_workers,
+        {},
+        reference=gradient_reference(ref.gd_reference),
+        ref_kwargs=dict(learning_rate=0.1),
+        scale_lr=0.1,
+        combinator=True,
+        workers_match_single=True,
+        known_failures={"test_factory_shape": "mean_over_workers' docstring does not document inject_hyperparams "
+                                              "(it needs no static_args); lgrad/federated is not this table's owner's"},
+    ))
+    return entries
 
 ENTRIES: list[Entry] = [
     # ---- diffGrad (Dubey et al. 2019)
@@ -280,7 +343,7 @@ ENTRIES: list[Entry] = [
         scale_lr=0.1,
         loss_fn=True,
     ),
-]
+] + _worker_axis_entries()
 
 
 # ----------------------------------------------------------------------------- discovery

@@ -162,3 +162,33 @@ def sam_reference(
         x = x - learning_rate * ((1 - alpha) * g1 + alpha * g2)
         out.append(x.copy())
     return np.asarray(out)
+
+
+def momentum_reference(
+    grad_fn: GradFn,
+    x0: np.ndarray,
+    steps: int,
+    *,
+    learning_rate: float = 0.1,
+    beta: float = 0.9,
+) -> np.ndarray:
+    """Polyak momentum as an exponential average (MoNNA's local step, Farhadkhani et
+    al. 2023, Alg. 1, on one node): m <- beta m + (1 - beta) g, x <- x - lr m."""
+    x = np.array(x0, dtype=np.float64)
+    m = np.zeros_like(x)
+    out = []
+    for _ in range(steps):
+        m = beta * m + (1 - beta) * grad_fn(x)
+        x = x - learning_rate * m
+        out.append(x.copy())
+    return np.asarray(out)
+
+
+def gd_reference(grad_fn: GradFn, x0: np.ndarray, steps: int, *, learning_rate: float = 0.1) -> np.ndarray:
+    """Plain gradient descent x <- x - lr grad(x)."""
+    x = np.array(x0, dtype=np.float64)
+    out = []
+    for _ in range(steps):
+        x = x - learning_rate * grad_fn(x)
+        out.append(x.copy())
+    return np.asarray(out)
