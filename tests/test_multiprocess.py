@@ -122,11 +122,13 @@ def test_to_host_single_process():
 def test_route_output_only_process_zero_writes(monkeypatch):
     import argparse
 
+    from lgrad.cli._launch_output import route_output
+
     args = argparse.Namespace(out="results", no_progress=False)
-    assert multiprocess.route_output(args).out == "results"  # not under jax.distributed
+    assert route_output(args).out == "results"  # not under jax.distributed
     monkeypatch.setattr(multiprocess, "_INITIALIZED", True)
     monkeypatch.setattr(multiprocess, "process_index", lambda: 1)
-    args = multiprocess.route_output(argparse.Namespace(out="results", no_progress=False))
+    args = route_output(argparse.Namespace(out="results", no_progress=False))
     assert args.out != "results" and "lgrad-process1-" in args.out and args.no_progress
     monkeypatch.setattr(multiprocess, "process_index", lambda: 0)
-    assert multiprocess.route_output(argparse.Namespace(out="results", no_progress=False)).out == "results"
+    assert route_output(argparse.Namespace(out="results", no_progress=False)).out == "results"

@@ -40,7 +40,6 @@ CONFIGS = {
 }
 SMOKE = dict(steps=12, n_starts=3)
 X64 = True  # float64 throughout (the engine runs `run`, and lgrad.sweep traces `train_cell`, under jax.enable_x64)
-SWEEP_X64 = X64  # the former name, read by lgrad.sweep until it reads Experiment.x64 (then removed)
 
 
 # --- the three functions of Section IV-A ---------------------------------------

@@ -485,7 +485,7 @@ def train_attention(
     progress: Callable[..., Any] | None = None,
 ):
     """Normalised GD on the attention model(s) in ``params`` (``"W"``, ``"K"``/``"Q"``
-    or all three), via ``lgrad.engine.run_loop`` (one jitted ``lax.scan``).
+    or all three), via ``lgrad.train.run_loop`` (one jitted ``lax.scan``).
 
     If ``problem.X`` has 4 axes, everything is batched over a leading seed axis
     (``params`` too): the per-seed step is ``jax.vmap``-ed inside the one compiled

@@ -123,9 +123,9 @@ def _check_resume(name: str, mode: str, sets: dict[str, str], out: str, every: i
     from pathlib import Path
 
     from lgrad.engine import get_experiment
-    from lgrad.engine.runner import checkpoint_module, experiment_config
+    from lgrad.engine.runner import experiment_config
+    from lgrad.train import checkpoint as ckpt
 
-    ckpt = checkpoint_module()
     exp = get_experiment(name)
     config = experiment_config(exp, mode, sets)
     root = Path(out) / exp.name / "checkpoints"

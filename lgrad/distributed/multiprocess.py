@@ -62,7 +62,6 @@ __all__ = [
     "launch",
     "process_count",
     "process_index",
-    "route_output",
     "scratch_output_dir",
     "to_host",
 ]
@@ -171,20 +170,6 @@ def scratch_output_dir() -> str | None:
     tmp = tempfile.mkdtemp(prefix=f"lgrad-process{process_index()}-")
     atexit.register(shutil.rmtree, tmp, True)
     return tmp
-
-
-def route_output(args: Any) -> Any:
-    """Deprecated: the CLI hook now lives in ``lgrad.cli._launch_output.route_output``.
-
-    Kept only until the CLI imports it from there; the library itself holds no
-    command-line logic (use :func:`scratch_output_dir`)."""
-    if not _INITIALIZED or is_main_process():
-        return args
-    if getattr(args, "out", None) is not None:
-        args.out = scratch_output_dir()
-    if hasattr(args, "no_progress"):
-        args.no_progress = True
-    return args
 
 
 def to_host(tree: Any) -> Any:

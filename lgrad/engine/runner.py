@@ -77,7 +77,7 @@ class RunContext:
     out_dir: Path
     show_progress: bool = True
     _metrics_file: Any = None
-    checkpoints: Any = None  # the lgrad.checkpoint.CheckpointSession when checkpointing, else None
+    checkpoints: Any = None  # the lgrad.train.checkpoint.CheckpointSession when checkpointing, else None
     _variants: list[str] = dataclasses.field(default_factory=list)
     _bar_counts: dict[str, int] = dataclasses.field(default_factory=dict)
 
@@ -176,16 +176,6 @@ def _matplotlib_headless() -> Iterator[None]:
     yield
 
 
-def checkpoint_module() -> Any:
-    """``lgrad.train.checkpoint`` (``lgrad.checkpoint`` in older trees)."""
-    import importlib
-
-    import lgrad
-
-    moved = (Path(lgrad.__file__).parent / "train" / "checkpoint.py").exists()
-    return importlib.import_module("lgrad.train.checkpoint" if moved else "lgrad.checkpoint")
-
-
 @contextlib.contextmanager
 def _signals_deferred() -> Iterator[None]:
     """SIGINT/SIGTERM wait until the block is done (then ``KeyboardInterrupt``)."""
@@ -265,7 +255,9 @@ def _checkpoint_session(exp: Experiment, mode: str, config: dict, out_dir: Path,
     if not (every > 0 or resume):
         return None
     out_dir.mkdir(parents=True, exist_ok=True)
-    return checkpoint_module().CheckpointSession(
+    from lgrad.train import checkpoint  # orbax: imported only when checkpointing
+
+    return checkpoint.CheckpointSession(
         out_dir / "checkpoints",
         every=every or None,
         fingerprint={"experiment": exp.name, "mode": mode, "config": config},
@@ -291,7 +283,7 @@ def run_experiment(
     failed or interrupted run leaves the previous results byte-identical.
 
     With ``checkpoint_every > 0`` or ``resume``, every training loop of the run
-    (``lgrad.engine.fit`` / ``run_loop``) checkpoints into ``<out>/<name>/checkpoints``
+    (``lgrad.train.fit`` / ``run_loop``) checkpoints into ``<out>/<name>/checkpoints``
     every ``checkpoint_every`` steps; ``resume`` continues from there (a killed run
     finishes with the same numbers as an uninterrupted one). The checkpoints survive
     a failure and are deleted when the run completes. ``variant`` names the run's
@@ -328,7 +320,7 @@ def run_experiment(
         if session is not None:
             if session.loops == 0:
                 print(
-                    f"lgrad: note: {exp.name} trains outside lgrad.engine.fit/run_loop, so nothing was checkpointed",
+                    f"lgrad: note: {exp.name} trains outside lgrad.train.fit/run_loop, so nothing was checkpointed",
                     file=sys.stderr,
                 )
             session.remove()

@@ -14,7 +14,7 @@ r"""One jitted local step over a sequence of blocks; adapters for optax pytrees 
   computed in one stop-gradient forward pass; :math:`\nabla \sum_k J_k` equals
   ``grads`` (the test of exact isolation differentiates each :math:`J_k` w.r.t. every
   other block and gets exact zeros);
-* ``train_step(tx, batch_fn)`` for :func:`lgrad.engine.run_loop` and ``fit``.
+* ``train_step(tx, batch_fn)`` for :func:`lgrad.train.run_loop` and ``fit``.
 
 :class:`NNXLocalTrainer` is the ``nnx.Optimizer`` adapter: the user's NNX model is
 updated in place by its own ``nnx.Optimizer`` with the local gradients; the rule's
@@ -222,7 +222,7 @@ class LocalLearner:
     def train_step(
         self, tx: optax.GradientTransformation, batch_fn: Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
     ) -> Callable[[LocalTrainState], tuple[LocalTrainState, dict]]:
-        """``step_fn`` for :func:`lgrad.engine.run_loop`: batch -> local grads -> ``tx`` ->
+        """``step_fn`` for :func:`lgrad.train.run_loop`: batch -> local grads -> ``tx`` ->
         params -> rule state. ``batch_fn(step, key) -> (x, y)``."""
         txe = optax.with_extra_args_support(tx)
 
@@ -250,7 +250,7 @@ class LocalLearner:
         state: LocalTrainState | None = None,
         chunk_size: int | None = None,
     ) -> FitResult:
-        """Train with :func:`lgrad.engine.run_loop`; ``eval_fn(params) -> dict``."""
+        """Train with :func:`lgrad.train.run_loop`; ``eval_fn(params) -> dict``."""
         s = self.init_train_state(tx, key) if state is None else state
         return run_loop(
             self.train_step(tx, batch_fn),

@@ -13,7 +13,8 @@ Two paths:
                  ``PRNGKey(config["seed"])``;
 
   and optionally ``SWEEP_METRIC = (name, "min"|"max")`` (the best-configuration
-  criterion), ``SWEEP_X64 = True`` (trace under ``jax.enable_x64``) and
+  criterion), ``X64 = True`` (the experiment runs and is traced under
+  ``jax.enable_x64``, checked by the registry) and
   ``sweep_claims(config, metrics) -> list[Claim]``. Cells whose non-sweepable keys
   agree form one group: one compiled program, run by
   :func:`lgrad.sweep.batched.run_cells` (vmap over the group, sharded over the local
@@ -47,7 +48,7 @@ from typing import Any, Callable, Mapping
 from lgrad.engine.claims import Claim, to_jsonable
 from lgrad.engine.config import ConfigError, validate_config
 from lgrad.engine.registry import get
-from lgrad.engine.runner import check_writable, checkpoint_module, experiment_config, replace_dir
+from lgrad.engine.runner import check_writable, experiment_config, replace_dir
 from lgrad.sweep.batched import STRATEGIES, run_cells
 from lgrad.sweep.report import best_summary, write_heatmap, write_tables
 from lgrad.sweep.spec import Cell, SweepSpec, process_slice
@@ -75,19 +76,15 @@ class SweepProtocol:
         return static, hp
 
 
-def protocol_of(module: Any, base: Mapping[str, Any] | None = None) -> SweepProtocol | None:
-    """The module's :class:`SweepProtocol`, or None if it does not opt in."""
-    fn = getattr(module, "train_cell", None)
+def protocol_of(exp: Any) -> SweepProtocol | None:
+    """The experiment's :class:`SweepProtocol`, or None if it does not opt in. The
+    registry checked the protocol at discovery (``Experiment.sweepable``, ``x64``)."""
+    fn = getattr(exp.module, "train_cell", None)
     if fn is None:
         return None
-    sweepable = tuple(getattr(module, "SWEEPABLE", ()))
-    if base is not None:
-        for k in sweepable:
-            v = base.get(k)
-            if k not in base or isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise TypeError(f"{module.__name__}: SWEEPABLE key {k!r} must be a numeric config key")
-    metric = getattr(module, "SWEEP_METRIC", None)
-    return SweepProtocol(fn, sweepable, tuple(metric) if metric else None, bool(getattr(module, "SWEEP_X64", False)), getattr(module, "sweep_claims", None))
+    metric = getattr(exp.module, "SWEEP_METRIC", None)
+    return SweepProtocol(fn, tuple(exp.sweepable), tuple(metric) if metric else None, bool(exp.x64),
+                         getattr(exp.module, "sweep_claims", None))
 
 
 @dataclasses.dataclass
@@ -181,7 +178,6 @@ def prepare_sweep(
     empty grid, wrong type, bad strategy/metric, a resume folder from another
     sweep) or ``PermissionError``.
     """
-    fingerprint_diff = checkpoint_module().fingerprint_diff
 
     exp = get(name)
     base = experiment_config(exp, mode, sets)
@@ -191,7 +187,7 @@ def prepare_sweep(
         raise ConfigError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
     if batch_size is not None and batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
-    proto = protocol_of(exp.module, base)
+    proto = protocol_of(exp)
     if proto is None and strategy == "vmap":
         raise ConfigError(f"experiment {exp.name!r} does not define train_cell/SWEEPABLE, so it can only be swept sequentially (--strategy sequential)")
     default = proto.metric if proto is not None and proto.metric else ("claims_passed", "max")
@@ -211,6 +207,8 @@ def prepare_sweep(
     out_dir = Path(out) / exp.name / "sweep"
     fp = _fingerprint(exp.name, mode, base, spec)
     if resume:
+        from lgrad.train.checkpoint import fingerprint_diff
+
         for folder in (out_dir.parent / WORK_DIR, out_dir):
             stored = _stored_fingerprint(folder)
             if stored is not None:

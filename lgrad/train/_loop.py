@@ -243,7 +243,9 @@ def run_loop(
     blocks_per_chunk = sched.chunk_size // period
     while done < full_blocks * period:
         nb = min(blocks_per_chunk, full_blocks - done // period)
-        carry, history, ev = run(carry, nb * period)
+        # wait in block_until_ready (interruptible), not inside np.asarray, which holds
+        # the interpreter lock until the chunk is done and so delays Ctrl-C
+        carry, history, ev = jax.block_until_ready(run(carry, nb * period))
         rec.history.append(jax.tree.map(np.asarray, history))
         if sched.eval_in_blocks:
             rec.evals.append(jax.tree.map(np.asarray, ev))
@@ -251,7 +253,7 @@ def run_loop(
         done += nb * period
         after(nb * period)
     if rest and done < steps:
-        carry, history, ev = _tail(compiled, step_fn, eval_fn, carry, rest)
+        carry, history, ev = jax.block_until_ready(_tail(compiled, step_fn, eval_fn, carry, rest))
         rec.history.append(jax.tree.map(np.asarray, history))
         rec.evals.append(jax.tree.map(np.asarray, ev))
         done += rest

@@ -2,7 +2,7 @@
 
 Yu et al. 2025, "On the Impossibility of Retrain Equivalence in Machine Unlearning":
 the objectives GA, NPO and SimNPO over per-example log-probabilities, the staged
-training runner (any order of stages, one ``lgrad.engine.fit`` per stage), local
+training runner (any order of stages, one ``lgrad.train.fit`` per stage), local
 unlearning on a forget set, and the RE distance.
 
 Example:

@@ -1,4 +1,4 @@
-r"""Multi-stage training in any order, and local unlearning, on ``lgrad.engine.fit``.
+r"""Multi-stage training in any order, and local unlearning, on ``lgrad.train.fit``.
 
 ``train_stages`` runs an ordered selection of ``Stage``s, one ``fit`` call per stage,
 carrying the parameters (not the optimizer state) from stage to stage. Stage ``s``
