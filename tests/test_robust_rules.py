@@ -161,16 +161,81 @@ def test_mudhog_detects_sign_flip_and_noise():
         delta[truth == 1] *= -1
         delta[truth == 2] += 3.0 * rng.normal(size=((truth == 2).sum(), d))
         state, suspect = step(state, jnp.asarray(delta, jnp.float32))
-        if t + 1 < 3:  # detection starts at round 3
-            assert int(jnp.sum(suspect)) == 0
-        if t + 1 == 3:  # suspected at round 3, confirmed (delay 2) at round 4
+        if t + 1 < 4:  # detection starts at round 4 (the authors' tao_0 = 3, rounds from 0)
+            assert int(jnp.sum(suspect)) == 0 and bool(state.keep.all())
+        if t + 1 == 4:  # suspected at round 4, confirmed (delay 2) at round 5
             assert int(jnp.sum(state.flags)) == 0
-    pr = mudhog.precision_recall(np.asarray(state.flags), truth)
-    for cls in ("sign_flip", "additive_noise"):
-        assert pr[cls]["precision"] == 1.0 and pr[cls]["recall"] == 1.0, (cls, np.asarray(state.flags))
-    assert pr["label_flip"]["flagged"] == 0 and pr["unreliable"]["flagged"] == 0
-    agg = mudhog.aggregate(jnp.asarray(delta, jnp.float32), state.flags)
-    np.testing.assert_allclose(agg, delta[truth == 0].mean(0), rtol=1e-5, atol=1e-5)
+            assert set(np.asarray(suspect)[truth == 1]) == {1}
+    flags = np.asarray(state.flags)
+    assert set(flags[truth == 1]) == {1} and (flags[truth == 2] == 2).sum() >= 3, flags
+    assert set(flags[truth == 2]) <= {2, 4} and not flags[truth == 0].any(), flags  # noise may end as unreliable
+    agg = mudhog.aggregate(jnp.asarray(delta, jnp.float32), state.keep)
+    keep = np.asarray(state.keep)
+    assert not keep[flags == 1].any() and not keep[flags == 2].any() and keep[truth == 0].all()
+    np.testing.assert_allclose(agg, delta[keep].mean(0), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="boolean"):
+        mudhog.aggregate(jnp.asarray(delta, jnp.float32), state.flags)
+
+
+def test_mudhog_flags_are_revoked_after_two_clean_rounds():
+    rng = np.random.default_rng(2)
+    n, d = 20, 30
+    base = rng.normal(size=d)
+    state = mudhog.init(n, d, window=1)  # short HoG = this round's change: client 0 turns clean at once
+    step = jax.jit(mudhog.update)
+    history = []
+    for t in range(10):
+        delta = base + 0.2 * rng.normal(size=(n, d))
+        if t < 6:
+            delta[0] *= -1
+        state, _ = step(state, jnp.asarray(delta, jnp.float32))
+        history.append(int(state.flags[0]))
+    assert history[4] == 1  # suspect at rounds 4 and 5 -> confirmed at 5
+    # clean from round 7: counter reset at 7, flag revoked at 8
+    assert history[6] == 1 and history[7] == 0 and history[-1] == 0, history
+
+
+def test_mudhog_unreliable_counter_decrements_and_unreliable_clients_are_kept():
+    rng = np.random.default_rng(5)
+    n, d = 10, 8
+    base = rng.normal(size=d)
+    low = rng.normal(size=d)  # client 1's direction while it is unreliable: far from the others
+    cand = jnp.ones((n,), bool)
+    cu, rel = jnp.zeros((n,), jnp.int32), jnp.zeros((n,), bool)
+    seen = []
+    for t in range(10):
+        short = base + 0.01 * rng.normal(size=(n, d))
+        if t < 3:
+            short[1] = low
+        else:  # the largest gap always splits off a lower group (no guard): another client's
+            short[9] = low
+        cu, rel = mudhog._unreliable(jnp.asarray(short, jnp.float32), cand, cu, rel, 2, 0.0)
+        seen.append((int(cu[1]), bool(rel[1])))
+    # +1 for three suspect rounds: flagged once the count is above delay = 2
+    assert seen[:3] == [(1, False), (2, False), (3, True)], seen
+    # clean: -1 per round, still flagged while > 0, unflagged the round after it reached 0
+    assert [c for c, _ in seen[3:6]] == [2, 1, 0] and seen[5][1] and not seen[6][1], seen
+    # in a whole round, unreliable clients stay in the aggregate
+    state = mudhog.init(n, d)
+    step = jax.jit(mudhog.update)
+    for t in range(8):
+        delta = base + 0.3 * rng.normal(size=(n, d))
+        state, _ = step(state, jnp.asarray(delta, jnp.float32))
+        rel = np.asarray(state.flags) == 4
+        assert np.asarray(state.keep)[rel].all()
+
+
+def test_mudhog_guards_are_options():
+    rng = np.random.default_rng(1)
+    n, d = 20, 30
+    base = rng.normal(size=d)
+    state = mudhog.init(n, d)
+    step = jax.jit(lambda s, x: mudhog.update(s, x, **mudhog.GUARDS))
+    for _ in range(8):
+        state, _ = step(state, jnp.asarray(base + 0.2 * rng.normal(size=(n, d)), jnp.float32))
+    assert int(jnp.sum(state.flags != 0)) == 0, np.asarray(state.flags)
+    with pytest.raises(ValueError, match="unknown MUD-HoG option 'delays'"):
+        mudhog.aggregator(delays=(2, 2, 4, 4))
 
 
 def test_mudhog_targeted_stage_flags_the_drifting_minority():
@@ -180,24 +245,20 @@ def test_mudhog_targeted_stage_flags_the_drifting_minority():
     drift = rng.normal(size=d)
     drift *= np.linalg.norm(base) / np.linalg.norm(drift)
     state = mudhog.init(n, d)
-    step = jax.jit(mudhog.update)
-    for _ in range(8):
+    # stage 2 (which runs first and also sees the drifting short HoGs) held off by its guard
+    step = jax.jit(lambda s, x: mudhog.update(s, x, noise_ratio=1e9))
+    for _ in range(9):
         delta = base + 0.3 * rng.normal(size=(n, d))
         delta[:4] = base + 0.8 * drift + 0.3 * rng.normal(size=(4, d))  # same norm class, rotated
-        state, _ = step(state, jnp.asarray(delta, jnp.float32))
+        state, suspect = step(state, jnp.asarray(delta, jnp.float32))
+        assert not np.asarray(state.keep)[np.asarray(suspect) == 3].any()  # suspects leave the aggregate at once
     flags = np.asarray(state.flags)
-    assert set(flags[:4]) == {3}, flags
+    assert set(flags[:4]) == {3}, flags  # 2 delay = 4 suspect rounds in a row: rounds 4-7
 
 
-def test_mudhog_no_false_flags_on_honest_clients():
-    rng = np.random.default_rng(1)
+def test_mudhog_input_checks():
     n, d = 20, 30
-    base = rng.normal(size=d)
     state = mudhog.init(n, d)
-    step = jax.jit(mudhog.update)
-    for _ in range(8):
-        state, _ = step(state, jnp.asarray(base + 0.2 * rng.normal(size=(n, d)), jnp.float32))
-    assert int(jnp.sum(state.flags != 0)) == 0, np.asarray(state.flags)
     with pytest.raises(ValueError, match="shape"):
         mudhog.update(state, jnp.zeros((n, d + 1)))
     with pytest.raises(ValueError, match="n_clients"):

@@ -12,26 +12,33 @@ Server-side, per round t (from 1) with the clients' model changes
     \text{long}_i = \sum_{s \le t} \Delta_i^s, \qquad
     \text{short}_i = \frac{1}{\min(t, w)} \sum_{s=t-w+1}^{t} \Delta_i^s \quad (w = 3),
 
-and from round ``start_round`` (3) on, among the clients not yet flagged:
+and from round ``start_round`` (4: the authors' ``tao_0 = 3`` rounds counted from 0) on:
 
-1. **sign flipping**: :math:`\cos(\text{short}_i, \mathrm{med}) < 0`, with med the
-   coordinate-wise median short HoG of the unflagged clients;
-2. **additive noise**: DBSCAN on the short HoGs of the rest; the largest cluster is
-   "normal"; the distances :math:`\|\text{short}_i - \mathrm{med}_{\text{normal}}\|`
-   are split at their largest gap; a client is a suspect if it is above the gap
-   and outside the normal cluster;
+1. **sign flipping**: :math:`\cos(\text{short}_i, \mathrm{med}) < 0` (every client),
+   med the coordinate-wise median short HoG of the clients not confirmed malicious;
+2. **additive noise**: DBSCAN on the short HoGs of the rest; the largest group is
+   "normal"; the others' distances :math:`\|\text{short}_i - \mathrm{med}_{\text{normal}}\|`
+   are split at the midpoint of their largest gap; suspects lie above it and are
+   DBSCAN noise;
 3. **targeted label / multi-label flipping**: k-means (K = 2) on the long HoGs of
-   the rest (optionally unit-normalised, ``normalize_long``); the minority cluster is suspect when the two centroids are separated:
-   :math:`\cos(c_1, c_2) <` ``targeted_cos`` (a guard; the paper's text does not
-   give one, without it an honest minority is flagged every round);
-4. **unreliable**: the cosines :math:`\cos(\text{short}_i, \mathrm{med})` of the rest
-   are split at their largest gap; the lower group is suspect when the gap is at
-   least ``unreliable_gap`` (guard, as in 3).
+   the rest; the minority cluster is suspect;
+4. **unreliable**: the cosines :math:`\cos(\text{short}_i, \mathrm{med})` of the
+   clients not malicious are split at their largest gap; the lower group is suspect.
 
-A suspect is *confirmed* (flagged for good) after ``delays`` consecutive suspect
-rounds: 2 for sign flipping and noise, 4 for targeted (the authors' code); the
-unreliable delay is our choice, default 4 (``docs/papers/mudhog-detection.md#deviations-from-the-paper-and-why``). The server aggregates the
-unflagged clients (:func:`aggregate`).
+Decisions, as the authors' server (``server.py``: ``add_mal_id`` and the end of
+``mud_hog``; ``delay`` = their ``delay_decision`` = 2): a counter per client grows
+in every round it is a stage 1-3 suspect and is reset in a clean round; sign flip and
+noise are confirmed at ``delay`` suspect rounds in a row, targeted at ``2 delay``;
+two clean rounds in a row **revoke** every malicious flag; a confirmed noise client
+that turns clean ``delay`` times becomes unreliable. Unreliable clients have a
+**decrementing counter** (+1 when suspect, -1 otherwise, floor 0) and are flagged
+while it is above ``delay`` (unflagged when it is back at 0). The server averages
+every client except the confirmed malicious ones and this round's targeted and
+noise suspects: **unreliable clients stay in the aggregate**.
+
+Our guards are options, off by default (the authors' code has none; :data:`GUARDS`
+holds the values we used before): ``noise_ratio``, ``targeted_cos``,
+``unreliable_gap`` (``docs/papers/mudhog-detection.md``).
 
 All of it is jnp (DBSCAN, 2-means and the largest-gap split are small masked
 implementations here, tested against scikit-learn), so a whole federated round —
@@ -64,14 +71,21 @@ __all__ = [
 ]
 
 CLASSES = ("benign", "sign_flip", "additive_noise", "label_flip", "unreliable")
+DETECT_OPTIONS = ("start_round", "delay", "dbscan_eps", "dbscan_min_samples", "noise_ratio", "targeted_cos",
+                  "unreliable_gap", "normalize_long")
+# our three guards (not in the authors' code): the values the experiment used before issue 24
+GUARDS = {"noise_ratio": 2.0, "targeted_cos": 0.8, "unreliable_gap": 0.1}
 
 
 class MudHogState(NamedTuple):
     round: jax.Array  # int32 scalar: rounds seen
     long: jax.Array  # (n, d) sum of all Delta
     recent: jax.Array  # (w, n, d) ring buffer of the last w Delta
-    streak: jax.Array  # (n, 4) int32 consecutive suspect rounds per class
-    flags: jax.Array  # (n,) int32 confirmed class (0 = none)
+    pre: jax.Array  # (n,) int32 the authors' pre_mal_id: suspect rounds in a row
+    count_unrel: jax.Array  # (n,) int32 the authors' count_unreliable (decrementing)
+    sets: jax.Array  # (n, 4) bool membership: sign flip, additive noise, targeted, unreliable
+    flags: jax.Array  # (n,) int32 class of the first set a client is in (0 = none)
+    keep: jax.Array  # (n,) bool the clients this round's aggregate averages
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -167,35 +181,117 @@ def init(n_clients: int, dim: int, *, window: int = 3, dtype=jnp.float32) -> Mud
         jnp.zeros((), jnp.int32),
         jnp.zeros((n, d), dtype),
         jnp.zeros((w, n, d), dtype),
-        jnp.zeros((n, 4), jnp.int32),
         jnp.zeros((n,), jnp.int32),
+        jnp.zeros((n,), jnp.int32),
+        jnp.zeros((n, 4), bool),
+        jnp.zeros((n,), jnp.int32),
+        jnp.ones((n,), bool),
     )
+
+
+def _separate(v: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The authors' ``find_separate_point``: masked values above the midpoint of their
+    largest gap (with fewer than two values the point is 0). Returns ``(high, gap)``."""
+    high, gap = largest_gap_split(v, mask)
+    few = mask.sum() < 2
+    return jnp.where(few, mask & (v > 0), high), gap
+
+
+def _untargeted(short, cand, eps, min_samples, noise_ratio):
+    """Stage 2 (additive noise): DBSCAN on the candidates' short HoGs; the largest
+    group (DBSCAN noise counted as a group, as ``Counter(labels_)``) is normal; the
+    others' distances to its median are split at their largest gap; suspects are
+    above it and DBSCAN noise."""
+    n = short.shape[0]
+    pair = jnp.sqrt(_sqdist(short))
+    off = cand[:, None] & cand[None, :] & ~jnp.eye(n, dtype=bool)
+    scale = jnp.nan_to_num(jnp.nanmedian(jnp.where(off, pair, jnp.nan)))
+    lab = dbscan(short, eps * jnp.maximum(scale, 1e-30), min_samples, cand)
+    counts = jnp.zeros((n + 1,), jnp.int32).at[jnp.where(lab >= 0, lab, n)].add(cand.astype(jnp.int32))
+    n_noise = counts[n]
+    best = jnp.argmax(counts[:n])
+    noise_is_normal = n_noise > counts[best]
+    normal = cand & jnp.where(noise_is_normal, lab == -1, lab == best)
+    med = _masked_median(short, normal)
+    dist = jnp.linalg.norm(short - med, axis=1)
+    sus = cand & ~normal
+    high, _ = _separate(dist, sus)
+    lo = jnp.max(jnp.where(sus & ~high, dist, 0.0))
+    hi = jnp.min(jnp.where(sus & high, dist, jnp.inf))
+    ratio_ok = hi >= noise_ratio * lo
+    return sus & high & (lab == -1) & ratio_ok
+
+
+def _targeted(long, cand, targeted_cos, normalize_long):
+    """Stage 3: 2-means on the candidates' long HoGs; the minority cluster (ties:
+    cluster 1, as ``find_minority_id``) is suspect (optional guard: only when the
+    centroids' cosine is below ``targeted_cos``)."""
+    lk = long / jnp.maximum(jnp.linalg.norm(long, axis=1, keepdims=True), 1e-30) if normalize_long else long
+    klab, cent = kmeans2(lk, cand)
+    n0, n1 = jnp.sum(klab == 0), jnp.sum(klab == 1)
+    minority = jnp.where(n1 > n0, 0, 1)
+    sus = cand & (klab == minority)
+    if targeted_cos is not None:
+        sus = sus & (_cos(cent[0], cent[1]) < targeted_cos) & (jnp.minimum(n0, n1) < jnp.maximum(n0, n1))
+    return sus
+
+
+def _confirm(state: MudHogState, flip, uatk, tatk, delay: int):
+    """The authors' ``add_mal_id``: a suspect's counter ``pre`` grows by one; a
+    non-suspect's is reset, and at a second clean round in a row its flags are
+    revoked; confirmed at ``pre >= delay`` (sign, noise) or ``2 delay`` (targeted);
+    an additive-noise client that turns clean ``delay`` times moves to unreliable."""
+    sets, cu = state.sets, state.count_unrel
+    sus = flip | uatk | tatk
+    revoke = ~sus & (state.pre == 0)
+    reset = ~sus & (state.pre > 0)
+    pre = jnp.where(sus, state.pre + 1, 0)
+    cu = jnp.where(reset & sets[:, 1], cu + 1, cu)
+    migrate = reset & sets[:, 1] & (cu >= delay)
+    sets = sets & ~revoke[:, None]
+    sets = sets.at[:, 1].set(sets[:, 1] & ~migrate).at[:, 3].set(sets[:, 3] | migrate)
+    sets = sets.at[:, 0].set(sets[:, 0] | (flip & (pre >= delay)))
+    sets = sets.at[:, 1].set(sets[:, 1] | (uatk & (pre >= delay)))
+    sets = sets.at[:, 2].set(sets[:, 2] | (tatk & (pre >= 2 * delay)))
+    return pre, cu, sets
+
+
+def _unreliable(short, cand, cu, rel, delay: int, unreliable_gap: float):
+    """Stage 4: cosines to the candidates' median short HoG split at their largest
+    gap; the lower group is suspect. The decrementing counter ``cu`` (+1 when
+    suspect, -1 otherwise, floor 0) flags above ``delay`` and unflags at 0."""
+    cos = _cos(short, _masked_median(short, cand))
+    high, gap = _separate(cos, cand)
+    urel = cand & ~high & (gap >= unreliable_gap)
+    cu = jnp.where(urel, cu + 1, cu)
+    rel = (rel | (urel & (cu > delay))) & ~((cu == 0) & rel)
+    cu = jnp.where(~urel & (cu > 0), cu - 1, cu)
+    return cu, rel
 
 
 def update(
     state: MudHogState,
     deltas: jax.Array,
     *,
-    start_round: int = 3,
-    delays: tuple[int, int, int, int] = (2, 2, 4, 4),
+    start_round: int = 4,
+    delay: int = 2,
     dbscan_eps: float = 1.0,
-    noise_ratio: float = 2.0,
-    dbscan_min_samples: int = 3,
-    targeted_cos: float = 0.8,
-    unreliable_gap: float = 0.1,
+    dbscan_min_samples: int = 5,
+    noise_ratio: float = 1.0,
+    targeted_cos: float | None = None,
+    unreliable_gap: float = 0.0,
     normalize_long: bool = False,
 ) -> tuple[MudHogState, jax.Array]:
-    """One round: fold ``deltas`` (n, d) into the histories, run the four stages
-    and the confirmation counters. Returns the new state and the (n,) suspect
-    class of this round (0 = none). ``dbscan_eps`` is relative: the radius is
-    ``dbscan_eps`` times the median pairwise distance of the candidates' short
-    HoGs. ``noise_ratio``: the largest gap of stage 2 is taken on log-distances and
-    must be a factor >= ``noise_ratio`` (guard). ``normalize_long``: k-means on
-    unit-normalised long HoGs (off by default: on MNIST-5k at alpha = 10 it merged
-    the label flippers with the honest clients)."""
-    if len(delays) != 4:
-        raise ValueError(f"delays needs 4 entries (sign, noise, targeted, unreliable), got {delays!r}")
+    """One round of the authors' server (``server.py``, ``mud_hog``): fold ``deltas``
+    (n, d) into the histories, run the four stages, the revocable confirmations and
+    the unreliable counter. Returns the new state and the (n,) suspect class of this
+    round (0 = none). ``dbscan_eps`` is relative: the radius is ``dbscan_eps`` times
+    the median pairwise distance of the candidates' short HoGs. Guards (ours, off by
+    default): ``noise_ratio`` > 1 asks the stage-2 split for a factor between the
+    groups, ``targeted_cos`` a centroid cosine below it, ``unreliable_gap`` a minimum
+    cosine gap. ``normalize_long``: k-means on unit-normalised long HoGs."""
     check_positive(dbscan_eps, "dbscan_eps")
+    check_int(delay, "delay", minimum=1)
     deltas = jnp.asarray(deltas, state.long.dtype)
     if deltas.shape != state.long.shape:
         raise ValueError(f"deltas must have shape {state.long.shape}, got {deltas.shape}")
@@ -205,52 +301,32 @@ def update(
     long = state.long + deltas
     short = recent.sum(0) / jnp.minimum(t, w).astype(deltas.dtype)
     active = t >= start_round
+    sets = state.sets
+    mal = sets[:, :3].any(1)
 
-    cand = state.flags == 0
-    med = _masked_median(short, cand)
-    cos = _cos(short, med)
-    sign_s = cand & (cos < 0)
-
-    c2 = cand & ~sign_s
-    pair = jnp.sqrt(_sqdist(short))
-    off = c2[:, None] & c2[None, :] & ~jnp.eye(short.shape[0], dtype=bool)
-    scale = jnp.nan_to_num(jnp.nanmedian(jnp.where(off, pair, jnp.nan)))
-    lab = dbscan(short, dbscan_eps * jnp.maximum(scale, 1e-30), dbscan_min_samples, c2)
-    n = short.shape[0]
-    counts = jnp.zeros((n + 1,), jnp.int32).at[jnp.where(lab >= 0, lab, n)].add(1)[:n]
-    normal = jnp.argmax(counts)
-    in_normal = (lab == normal) & (counts[normal] > 0)
-    med_n = _masked_median(short, in_normal)
-    dist = jnp.linalg.norm(short - med_n, axis=1)
-    high, gap = largest_gap_split(jnp.log(jnp.maximum(dist, 1e-30)), c2)
-    noise_s = c2 & high & (lab == -1) & in_normal.any() & (gap >= jnp.log(noise_ratio))
-
-    c3 = c2 & ~noise_s
-    lk = long / jnp.maximum(jnp.linalg.norm(long, axis=1, keepdims=True), 1e-30) if normalize_long else long
-    klab, cent = kmeans2(lk, c3)
-    n0, n1 = jnp.sum(klab == 0), jnp.sum(klab == 1)
-    minority = jnp.where(n0 <= n1, 0, 1)
-    separated = _cos(cent[0], cent[1]) < targeted_cos
-    label_s = c3 & (klab == minority) & separated & (jnp.minimum(n0, n1) < jnp.maximum(n0, n1))
-
-    c4 = c3 & ~label_s
-    med4 = _masked_median(short, c4)
-    cos4 = _cos(short, med4)
-    high4, gap4 = largest_gap_split(cos4, c4)
-    unrel_s = c4 & ~high4 & (gap4 >= unreliable_gap)
-
-    sus = jnp.stack([sign_s, noise_s, label_s, unrel_s], axis=1) & active
-    streak = jnp.where(sus, state.streak + 1, 0)
-    confirmed = streak >= jnp.asarray(delays, jnp.int32)[None, :]
-    new_cls = jnp.where(confirmed.any(1), jnp.argmax(confirmed, axis=1) + 1, 0)
-    flags = jnp.where(state.flags == 0, new_cls, state.flags).astype(jnp.int32)
+    flip = _cos(short, _masked_median(short, ~mal)) < 0
+    uatk = _untargeted(short, ~(flip | sets[:, 0]), dbscan_eps, dbscan_min_samples, noise_ratio)
+    tatk = _targeted(long, ~(flip | sets[:, 0] | uatk | sets[:, 1]), targeted_cos, normalize_long)
+    flip, uatk, tatk = flip & active, uatk & active, tatk & active
+    pre, cu, new_sets = _confirm(state, flip, uatk, tatk, delay)
+    cand4 = ~(flip | sets[:, 0] | new_sets[:, :3].any(1))
+    cu4, rel = _unreliable(short, cand4, cu, new_sets[:, 3], delay, unreliable_gap)
+    new_sets = new_sets.at[:, 3].set(rel)
+    pre, cu = jnp.where(active, pre, state.pre), jnp.where(active, cu4, state.count_unrel)
+    new_sets = jnp.where(active, new_sets, sets)
+    keep = jnp.where(active, ~(new_sets[:, :3].any(1) | tatk | uatk), True)
+    flags = jnp.where(new_sets.any(1), jnp.argmax(new_sets, axis=1) + 1, 0).astype(jnp.int32)
+    sus = jnp.stack([flip, uatk, tatk, jnp.zeros_like(flip)], axis=1)
     suspect = jnp.where(sus.any(1), jnp.argmax(sus, axis=1) + 1, 0)
-    return MudHogState(t.astype(jnp.int32), long, recent, streak, flags), suspect
+    return MudHogState(t.astype(jnp.int32), long, recent, pre, cu, new_sets, flags, keep), suspect
 
 
-def aggregate(deltas: jax.Array, flags: jax.Array) -> jax.Array:
-    """Mean of the unflagged clients' deltas (all clients if every one is flagged)."""
-    keep = flags == 0
+def aggregate(deltas: jax.Array, keep: jax.Array) -> jax.Array:
+    """Mean of the kept clients' deltas (``keep`` (n,) bool, e.g. ``state.keep``;
+    all clients if none is kept). The authors keep the unreliable clients."""
+    keep = jnp.asarray(keep)
+    if keep.dtype != jnp.bool_:
+        raise ValueError(f"keep must be a boolean mask (e.g. state.keep), got dtype {keep.dtype}")
     keep = jnp.where(keep.any(), keep, True).astype(deltas.dtype)
     return (keep[:, None] * deltas).sum(0) / keep.sum()
 
@@ -275,13 +351,16 @@ def precision_recall(flags: np.ndarray, truth: np.ndarray) -> dict[str, dict[str
 def aggregator(*, window: int = 3, **detect: Any) -> Aggregator:
     """MUD-HoG as a stateful server :class:`lgrad.federated.Aggregator`: each round
     folds the clients' changes into the histories (:func:`update`, keyword options
-    ``detect`` passed through) and returns the mean of the unflagged clients
-    (:func:`aggregate`). Metrics: ``suspect`` (n,) this round's suspect classes and
-    ``flags`` (n,) the confirmed ones. Needs every client in every round
+    ``detect`` passed through) and returns the mean of the clients the authors'
+    server keeps (:func:`aggregate` of ``state.keep``: not confirmed malicious, not
+    this round's targeted or additive-noise suspects; unreliable clients are kept).
+    Metrics: ``suspect`` (n,) this round's suspect classes, ``flags`` (n,) the
+    confirmed ones and ``keep`` (n,). Needs every client in every round
     (``participation=1``): the histories are per client."""
     check_int(window, "window", minimum=1)
-    if "delays" in detect and len(detect["delays"]) != 4:
-        raise ValueError(f"delays needs 4 entries (sign, noise, targeted, unreliable), got {detect['delays']!r}")
+    unknown = sorted(set(detect) - set(DETECT_OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown MUD-HoG option {unknown[0]!r}; allowed: {', '.join(DETECT_OPTIONS)}")
 
     def init_fn(n_clients, dim, dtype):
         return init(n_clients, dim, window=window, dtype=dtype)
@@ -294,7 +373,8 @@ def aggregator(*, window: int = 3, **detect: Any) -> Aggregator:
                 "(use participation=1)"
             )
         state, suspect = update(state, x, **detect)
-        return aggregate(x, state.flags), state, {"suspect": suspect, "flags": state.flags}
+        metrics = {"suspect": suspect, "flags": state.flags, "keep": state.keep}
+        return aggregate(x, state.keep), state, metrics
 
     return Aggregator(init_fn, update_fn)
 
