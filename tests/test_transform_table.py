@@ -11,8 +11,14 @@ from lgrad.distributed import run_workers
 from transform_table import ENTRIES, PACKAGES, Entry, Problem, missing_from_table, problem, public_transforms
 
 IDS = [e.name for e in ENTRIES]
-table = pytest.mark.parametrize(
-    "entry", [pytest.param(e, marks=pytest.mark.slow) if e.slow else e for e in ENTRIES], ids=IDS)
+
+
+def table(test):
+    """Parametrize ``test`` over the table; slow entries (and an entry's slow checks)
+    are marked ``slow``."""
+    params = [pytest.param(e, marks=pytest.mark.slow) if e.slow or test.__name__ in e.slow_checks else e
+              for e in ENTRIES]
+    return pytest.mark.parametrize("entry", params, ids=IDS)(test)
 
 
 @pytest.fixture(autouse=True)

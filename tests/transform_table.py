@@ -120,6 +120,7 @@ class Entry:
     workers_match_single: bool = False  # n workers with the same data == one worker
     rtol: float = 1e-5  # between two programs computing the same thing (jit vs eager, chained, ...)
     slow: bool = False  # a variant of a configuration already in the table: @pytest.mark.slow
+    slow_checks: tuple[str, ...] = ()  # tests marked slow for this entry only (heavy compiles)
     needs_axis: bool = False  # no axis_name=None: single-worker checks run it as 1 worker under the axis
     combinator: bool = False  # builds a rule from other transforms (no learning_rate of its own)
     known_failures: dict[str, str] = dataclasses.field(default_factory=dict)  # test -> reason (xfail)
@@ -309,6 +310,7 @@ ENTRIES: list[Entry] = [
         bad_args=({"learning_rate": -1.0},) + _MEZO_BAD,
         converge_steps=600,
         loss_fn=True,
+        slow_checks=("test_jit_matches_eager",),  # op by op, every PRNG call compiles apart
         rtol=1e-3,  # float32 finite differences: (L(x+eps z) - L(x-eps z)) / 2eps amplifies rounding
     ),
     Entry(
@@ -320,6 +322,7 @@ ENTRIES: list[Entry] = [
         scale_lr=0.1,
         converge_steps=600,
         loss_fn=True,
+        slow_checks=("test_jit_matches_eager", "test_multi_steps", "test_chain"),  # as "mezo" (fast there)
         rtol=1e-3,
     ),
     # ---- SAM-style perturbed gradient (Foret et al. 2021; FedSpeed, Sun et al. 2023)
