@@ -47,3 +47,36 @@ def test_limits_and_bad_inputs():
     with pytest.raises(ValueError, match="need 2f < n, got n=10, f=5"):
         exp._check(_cfg(n=10, f=5))
     assert exp._reference_backend("vmap", 21) == "vmap"
+
+
+def test_line_searched_attack_uses_the_authors_damage_over_all_honest_nodes():
+    import jax
+    import jax.numpy as jnp
+
+    from lgrad import robust
+
+    cfg = _cfg(line_search=True)
+    f = cfg["f"]
+    rule = exp._rule("MoNNA", f)
+    h = jax.random.normal(jax.random.PRNGKey(0), (8, 5))
+    got = exp._attack("alie", cfg, rule, f)(h)
+
+    def damage(x):  # mean over the 8 honest nodes' NNA outputs (the authors' eval_factor for CVA)
+        return jnp.mean(jnp.stack([robust.nna(x, f, i) for i in range(8)]), axis=0)
+
+    want, _ = robust.attacks.line_search(robust.attacks.alie, damage, h, f, exp.LS_GRID)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert cfg["attack_space"] == "params" and exp._attack("sign_flip", cfg, rule, f) is robust.attacks.sign_flip
+
+
+def test_claims_threshold_the_seed_mean_and_report_the_spread():
+    def run(ref, monna, dsgd):
+        s = lambda v: {"final_loss": v, "final_acc": 0.9}  # noqa: E731
+        return {"reference": s(ref), "alie": {"MoNNA": s(monna), "D-SGD": s(dsgd)}}
+
+    cfg = _cfg(attacks=["alie"])
+    claims = {c.id: c for c in exp._claims(cfg, "alpha=1", [run(1.0, 1.05, 2.0), run(1.0, 1.2, 1.0)])}
+    c = claims["monna-alie-alpha=1"]
+    assert c.measured["per_seed"] == [1.05, 1.2] and c.measured["mean"] == pytest.approx(1.125)
+    assert c.passed is False and c.target == "mean <= 1.1"
+    assert claims["averaging-fails-alie-alpha=1"].passed is True  # mean 1.5 > 1.1
