@@ -322,7 +322,8 @@ ENTRIES: list[Entry] = [
         scale_lr=0.1,
         converge_steps=600,
         loss_fn=True,
-        slow_checks=("test_jit_matches_eager", "test_multi_steps", "test_chain"),  # as "mezo" (fast there)
+        # the same code path as "mezo", whose fast checks cover these:
+        slow_checks=("test_jit_matches_eager", "test_multi_steps", "test_chain", "test_masked", "test_inside_run_workers"),
         rtol=1e-3,
     ),
     # ---- SAM-style perturbed gradient (Foret et al. 2021; FedSpeed, Sun et al. 2023)
