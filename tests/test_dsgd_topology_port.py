@@ -63,5 +63,15 @@ def test_smoke_run_claims(tmp_path):
         claims = exp.run(cfg, RunContext(exp.NAME, "quick", tmp_path, show_progress=False, _metrics_file=f))
     by_id = {c.id: c for c in claims}
     assert by_id["bytes-per-step"].passed and by_id["spectral-gaps-closed-form"].passed
-    assert by_id["backends-agree"].passed is None  # check_steps = 0 in SMOKE
+    assert by_id["backends-agree"].is_skipped  # check_steps = 0 in SMOKE: skipped, never a finding
+    assert "order-matches-spectral-gap" not in by_id  # restated consensus-order (issue 24)
     assert (tmp_path / "consensus_loss.png").exists()
+
+
+@pytest.mark.slow
+def test_backends_agree_compares_in_an_8_device_subprocess():
+    cfg = apply_overrides(exp.CONFIGS["quick"], dict(exp.PROBE, dim=3, samples_per_worker=10, check_steps=3))
+    claim = exp._check_backends(cfg)
+    if jax.device_count() == 1:
+        assert "subprocess" in claim.statement, claim
+    assert claim.passed is True, claim
