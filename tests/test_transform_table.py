@@ -103,10 +103,6 @@ def assert_trees_close(x, y, rtol=1e-6, atol=1e-7):
                                                          rtol=rtol, atol=atol), x, y)
 
 
-def float_dtypes(tree):
-    return [leaf.dtype for leaf in jax.tree.leaves(tree) if jnp.issubdtype(leaf.dtype, jnp.floating)]
-
-
 # ----------------------------------------------------------------------------- coverage
 def test_every_public_transform_is_in_the_table():
     """Fails when a public transform factory of lgrad.optim / robust / federated has no entry."""
