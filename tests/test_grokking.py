@@ -75,3 +75,56 @@ def test_tiny_run_is_deterministic_by_seed():
 def test_critical_fraction_values():
     assert abs(critical_fraction(23) - 2.7482 * np.log(23) / 23) < 1e-12
     assert 0.37 < critical_fraction(23) < 0.38 and 0.26 < critical_fraction(37) < 0.27
+
+
+def test_gathered_rows_give_the_same_loss_and_accuracy():
+    from experiments.grokking_scaling import train_rows
+
+    m = 7
+    cfg = dict(CONFIGS["quick"], hidden=6)
+    rows = train_rows(m, 1.0)
+    assert rows < m * m and rows >= round(critical_fraction(m) * m * m)
+    with jax.enable_x64(True):
+        full, part = make_cell(m, cfg), make_cell(m, cfg, rows)
+        frac = jnp.asarray(critical_fraction(m))
+        a, b = full[0](frac, jax.random.PRNGKey(2)), part[0](frac, jax.random.PRNGKey(2))
+        np.testing.assert_array_equal(np.asarray(a["mask"]), np.asarray(b["mask"]))
+        (a2, la), (b2, lb) = full[1](a), part[1](b)
+        np.testing.assert_allclose(float(la["loss"]), float(lb["loss"]), rtol=1e-10)
+        np.testing.assert_allclose(np.asarray(a2["w"]), np.asarray(b2["w"]), rtol=1e-8, atol=1e-12)
+        ea, eb = full[2](a2), part[2](b2)
+        assert float(ea["test_acc"]) == float(eb["test_acc"]) and float(ea["train_acc"]) == float(eb["train_acc"])
+
+
+def test_boundary_interval_and_open_ends():
+    from experiments.grokking_scaling import _boundary
+
+    mult = np.array([0.6, 0.8, 1.0, 1.2])
+    test = np.array([[0.0, 0.0], [1.0, 0.2], [1.0, 1.0], [1.0, 0.99]])
+    b = _boundary(mult, test, 0.3)
+    assert b["largest_failing_multiple"] == 0.8 and b["smallest_generalising_multiple"] == 1.0
+    np.testing.assert_allclose(b["fraction_interval"], [0.24, 0.3])
+    none = _boundary(mult, np.zeros((4, 2)), 0.3)
+    assert none["smallest_generalising_multiple"] is None and none["fraction_interval"] == [0.36, None]
+    # a failing top multiple: the generalising run below it does not count as a boundary
+    dip = _boundary(mult, np.array([[0.0] * 2, [1.0] * 2, [1.0] * 2, [0.5] * 2]), 0.3)
+    assert dip["smallest_generalising_multiple"] is None
+
+
+def _intervals(fractions, width=1.2):
+    return {m: {"fraction_interval": [f / width**0.5, f * width**0.5]} for m, f in fractions.items()}
+
+
+def test_law_comparison_can_fail_and_pass():
+    from experiments.grokking_scaling import LAW_MARGIN, _compare_hypotheses
+
+    ms = [23, 37, 53]
+    law = _compare_hypotheses(_intervals({m: 2.7 * np.log(m) / m for m in ms}))
+    const = _compare_hypotheses(_intervals({m: 0.3 for m in ms}))
+    assert law["advantage_of_law"] >= LAW_MARGIN and law["rms_log_residual_scaling_law"] == 0.0
+    assert const["advantage_of_law"] < 0 and const["rms_log_residual_constant"] == 0.0
+    assert 2.5 < law["fitted_c_logM_over_M"] < 2.9
+    # open intervals (no generalising multiple at the largest M) still constrain the fit
+    open_top = _intervals({m: 0.3 for m in ms})
+    open_top[53]["fraction_interval"] = [0.3, None]
+    assert _compare_hypotheses(open_top)["advantage_of_law"] < LAW_MARGIN
