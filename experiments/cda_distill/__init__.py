@@ -63,6 +63,10 @@ LIMITS = {
     "milestone": Float(gt=0, max=1),
     "temperature": Float(gt=0),
     "n_seeds": Int(min=1, max=32),
+    "teacher_steps": Int(min=1, max=10**7),
+    "synth_steps": Int(min=1, max=10**7),
+    "student_steps": Int(min=1, max=10**7),
+    "teacher_batch": Int(min=1, max=4000),
 }
 
 

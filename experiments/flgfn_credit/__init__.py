@@ -74,6 +74,8 @@ LIMITS = {
     "n_seeds": Int(min=1, max=64),
     "eval_every": Int(min=1, max=10**6),
     "fix_terminal": Bool(),
+    "grid_steps": Int(min=1, max=10**8),
+    "set_steps": Int(min=1, max=10**8),
 }
 
 
