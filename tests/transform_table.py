@@ -186,8 +186,6 @@ def _worker_axis_entries() -> list[Entry]:
             bad_args=({"learning_rate": -1.0}, {"beta": 1.0}, {"f": -1}, {"attack_on": "grads"}),
             needs_axis=True,
             workers_match_single=True,
-            known_failures={"test_factory_shape": "monna's docstring does not document inject_hyperparams "
-                                                  "(static_args=('f',)); lgrad/robust is not this table's owner's"},
         ))
     try:
         from lgrad.federated import decentralized, mean_over_workers, neighbour_mix
@@ -214,8 +212,6 @@ def _worker_axis_entries() -> list[Entry]:
         scale_lr=0.1,
         combinator=True,
         workers_match_single=True,
-        known_failures={"test_factory_shape": "mean_over_workers' docstring does not document inject_hyperparams "
-                                              "(it needs no static_args); lgrad/federated is not this table's owner's"},
     ))
     return entries
 

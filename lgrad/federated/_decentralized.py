@@ -163,8 +163,9 @@ def decentralized(
 
     Returns ``updates = mixed - params``, so ``optax.apply_updates`` yields the mixed
     parameters. Extra keyword arguments of ``update`` go to ``local``.
-    ``optax.inject_hyperparams`` cannot wrap it (``local`` and ``mix`` are functions);
-    inject the local transformation's hyperparameters instead.
+    ``optax.inject_hyperparams(decentralized, static_args=("mix",))`` wraps it (``mix``
+    is a function that must not be read as a schedule); it has no numeric
+    hyperparameter of its own: inject the local transformation's instead.
     """
     byz = _check_byzantine(byzantine, attack_on)
     if not callable(mix):
@@ -196,7 +197,9 @@ def mean_over_workers(*, axis_name: str = comm.AXIS) -> optax.GradientTransforma
     :math:`u \leftarrow \frac1n \sum_i u_i`. Chained before a local optimizer it is
     synchronous data-parallel training, e.g. dense momentum SGD:
     ``optax.chain(mean_over_workers(), optax.sgd(lr, momentum=0.9))``.
-    Runs per worker under the worker axis; ``axis_name=None`` is the identity."""
+    Runs per worker under the worker axis; ``axis_name=None`` is the identity.
+    It has no hyperparameter: ``optax.inject_hyperparams(mean_over_workers)()`` needs
+    no ``static_args``."""
 
     def update_fn(updates, state, params=None):
         del params

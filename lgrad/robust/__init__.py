@@ -6,7 +6,7 @@
 * :mod:`lgrad.robust.tree` -- the same on pytrees and inside the worker axis;
 * :mod:`lgrad.robust.attacks` -- sign flip, ALIE, FOE, noise, line search, label
   flips, unreliable data;
-* :mod:`lgrad.robust.monna` -- MoNNA (on :func:`lgrad.federated.decentralized`);
+* :func:`lgrad.robust.monna` -- MoNNA (on :func:`lgrad.federated.decentralized`);
 * :mod:`lgrad.robust.mudhog` -- the MUD-HoG detector (jnp, jittable).
 """
 from lgrad.robust import attacks as attacks
@@ -22,9 +22,9 @@ from lgrad.robust.aggregators import nna as nna
 from lgrad.robust.aggregators import nnm as nnm
 from lgrad.robust.aggregators import pairwise_sq_distances as pairwise_sq_distances
 from lgrad.robust.aggregators import trimmed_mean as trimmed_mean
-from lgrad.robust.monna import aggregator_rule as aggregator_rule
-from lgrad.robust.monna import monna as monna
-from lgrad.robust.monna import nna_rule as nna_rule
+from lgrad.robust._monna import aggregator_rule as aggregator_rule
+from lgrad.robust._monna import monna as monna
+from lgrad.robust._monna import nna_rule as nna_rule
 from lgrad.robust.tree import ravel_stacked as ravel_stacked
 from lgrad.robust.tree import tree_aggregate as tree_aggregate
 from lgrad.robust.tree import worker_aggregate as worker_aggregate

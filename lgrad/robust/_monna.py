@@ -30,8 +30,8 @@ acts on the honest nodes' local updates (``attack_on="updates"``) or half-steps
 
 There is no ``scale_by_monna``: the learning rate acts *before* the (nonlinear)
 mixing, so MoNNA cannot be split into a rescaling followed by ``-lr``.
-``optax.inject_hyperparams(monna, static_args=("f", "rule", "adjacency", "byzantine",
-"attack", "attack_on", "axis_name"))`` injects ``learning_rate`` and ``beta``.
+``optax.inject_hyperparams(monna, static_args=("f",))`` injects ``learning_rate`` and
+``beta``.
 The account of the paper: ``docs/papers/monna-robustness.md``.
 
 Example (n = 4 workers, f = 1, one worker sends ALIE):
@@ -110,6 +110,10 @@ def monna(
       adjacency: ``None`` (complete graph) or a regular graph's adjacency matrix.
       byzantine, attack, attack_on: simulated Byzantine nodes (module docstring).
       axis_name: the worker axis.
+
+    ``optax.inject_hyperparams(monna, static_args=("f",))`` injects ``learning_rate``
+    and ``beta`` (``f`` is an integer that fixes the rule, so it stays static; the
+    callables and tuples are static anyway).
     """
     check_learning_rate(learning_rate)
     check_in_interval(beta, "beta", 0.0, 1.0)
