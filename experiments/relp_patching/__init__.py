@@ -68,6 +68,12 @@ LIMITS = {
 }
 
 
+def check_config(cfg: dict[str, Any]) -> None:
+    """Heads split d_model evenly."""
+    if cfg["d_model"] % cfg["n_heads"]:
+        raise ValueError(f"n_heads={cfg['n_heads']}: expected a divisor of d_model={cfg['d_model']}")
+
+
 class Block(nnx.Module):
     def __init__(self, d: int, heads: int, layer: int, rngs: nnx.Rngs):
         self.ln1_s, self.ln1_b = nnx.Param(jnp.ones(d)), nnx.Param(jnp.zeros(d))
