@@ -136,31 +136,24 @@ def select_topk(
     s = min(max(int(math.ceil(sample_fraction * n)), min(n, min_samples)), n)
     r = min(s, max(1, int(math.ceil(s * k / n))))
     sample = mag[jax.random.randint(key, (s,), 0, n)]
-    thr0 = jax.lax.top_k(sample, r)[0][-1]
+    thr0 = _kth_largest(sample, r)
     lo = int(math.ceil(low_factor * k))
 
-    def count_over(t):
-        return jnp.sum(mag >= t, dtype=jnp.int32)
-
     def cond(c):
-        t, cnt, tries = c
-        return (cnt < lo) & (tries < max_tries)
+        t, counts, tries = c
+        return (jnp.sum(counts) < lo) & (tries < max_tries)
 
     def body(c):
         t, _, tries = c
         t = t * low_factor
-        return t, count_over(t), tries + 1
+        return t, _block_counts(mag, t), tries + 1
 
-    thr, cnt, _ = jax.lax.while_loop(cond, body, (thr0, count_over(thr0), jnp.zeros([], jnp.int32)))
+    # the per-block counts of the final threshold are reused by the compaction
+    thr, counts, _ = jax.lax.while_loop(cond, body, (thr0, _block_counts(mag, thr0), jnp.zeros([], jnp.int32)))
+    cnt = jnp.sum(counts)
 
     def by_threshold(_):
-        # compaction by prefix sum (cheaper than jnp.nonzero(size=...) on XLA:CPU)
-        sel = mag >= thr
-        pos = jnp.cumsum(sel, dtype=jnp.int32) - 1
-        idx = jnp.full((cap,), n, jnp.int32).at[jnp.where(sel, pos, cap)].set(
-            jnp.arange(n, dtype=jnp.int32), mode="drop"
-        )
-        return idx, cnt
+        return _compact_over(mag, thr, cap, counts), cnt
 
     def exact_among(_):
         # More than cap pass the threshold: they are the largest, so the exact top-k of
@@ -172,6 +165,64 @@ def select_topk(
     idx, sent = jax.lax.cond(cnt > cap, exact_among, by_threshold, None)
     vals = jnp.take(x, idx, mode="fill", fill_value=0)
     return SparseMessage(vals, idx, sent, cnt)
+
+
+def _kth_largest(v: jax.Array, r: int) -> jax.Array:
+    """The ``r``-th largest entry of the non-negative vector ``v`` (``lax.top_k(v, r)[0][-1]``
+    exactly), by bisection on the float's bit pattern (monotone for non-negative
+    floats): ``bits`` iterations of one compare-and-count pass over ``v``. For the
+    sample's few thousand entries this is a fraction of XLA:CPU's fixed ``top_k`` cost."""
+    wide = v.dtype == jnp.float64
+    ft, it = (jnp.float64, jnp.int64) if wide else (jnp.float32, jnp.int32)
+    bits = jax.lax.bitcast_convert_type(v.astype(ft), it)
+
+    def body(_, lohi):
+        lo, hi = lohi
+        mid = lo + (hi - lo) // 2
+        ok = jnp.sum(bits >= mid, dtype=jnp.int32) >= r
+        return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid)
+
+    lo0, hi0 = jnp.zeros([], it), jnp.max(bits) + 1  # count(>= lo0) >= r > count(>= hi0)
+    lo, _ = jax.lax.fori_loop(0, 64 if wide else 32, body, (lo0, hi0))
+    return jax.lax.bitcast_convert_type(lo, ft).astype(v.dtype)
+
+
+_BLOCK = 128  # entries per block of the blocked compaction in _compact_over
+
+
+def _block_counts(mag: jax.Array, thr: jax.Array) -> jax.Array:
+    """Per block of ``_BLOCK`` consecutive entries (the last one possibly shorter): how
+    many have ``mag >= thr`` (one pass; their sum is the total count)."""
+    nb, tail = divmod(mag.shape[0], _BLOCK)
+    counts = jnp.sum(mag[: nb * _BLOCK].reshape(nb, _BLOCK) >= thr, axis=1, dtype=jnp.int32)
+    if tail:
+        counts = jnp.concatenate([counts, jnp.sum(mag[nb * _BLOCK:] >= thr, dtype=jnp.int32)[None]])
+    return counts
+
+
+def _compact_over(mag: jax.Array, thr: jax.Array, cap: int, counts: jax.Array | None = None) -> jax.Array:
+    """Indices of the entries with ``mag >= thr`` in ascending order, padded with ``n``
+    to ``cap`` (entries past the first ``cap`` are dropped; callers ensure at most
+    ``cap`` pass).
+
+    One pass over the tensor (none when ``counts``, :func:`_block_counts` at ``thr``, is
+    given): per block of ``_BLOCK`` entries the number that pass;
+    their prefix sum (n / _BLOCK long) locates, for each output slot, its block
+    (``searchsorted``) and its rank inside the block, resolved on a ``(cap, _BLOCK)``
+    gather. No n-long prefix sum and no n-update scatter (the costs of
+    ``jnp.nonzero(size=...)`` on XLA:CPU); same indices in the same order."""
+    n = mag.shape[0]
+    counts = _block_counts(mag, thr) if counts is None else counts
+    cum = jnp.cumsum(counts, dtype=jnp.int32)  # inclusive
+    slot = jnp.arange(cap, dtype=jnp.int32)
+    block = jnp.minimum(jnp.searchsorted(cum, slot, side="right").astype(jnp.int32), counts.shape[0] - 1)
+    rank = slot - (cum[block] - counts[block])  # 0-based rank inside the block
+    pos = block[:, None] * _BLOCK + jnp.arange(_BLOCK, dtype=jnp.int32)[None, :]
+    inside = pos < n
+    sel = (jnp.take(mag, jnp.where(inside, pos, 0), mode="clip") >= thr) & inside
+    before = jnp.cumsum(sel, axis=1, dtype=jnp.int32)  # selected entries up to each column
+    col = jnp.sum(before <= rank[:, None], axis=1, dtype=jnp.int32)
+    return jnp.where(slot < cum[-1], block * _BLOCK + col, n).astype(jnp.int32)
 
 
 # ----------------------------------------------------------------------------- local pieces
