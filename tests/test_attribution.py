@@ -110,17 +110,21 @@ def test_deeplift_and_guided_backprop_on_a_relu_net():
     np.testing.assert_allclose(at.gradient(apply, params, x), (p["v"] * (h > 0)) @ p["w"].T, atol=TOL)
 
 
-def test_occlusion_averages_window_differences_like_captum():
-    apply, params, x, w = _linear(d=7, k=2, n=2)
+@pytest.mark.parametrize("d", [7, 8])
+def test_occlusion_averages_window_differences_like_captum(d):
+    apply, params, x, w = _linear(d=d, k=2, n=2)
     window, stride = 3, 2
     out = at.occlusion(apply, params, x, target=0, sliding_window_shapes=(window,), strides=stride, baselines=0.5)
     ref = np.zeros_like(np.asarray(x))
-    count = np.zeros(7)
-    for s in range(0, 7 - window + 1, stride):
+    count = np.zeros(d)
+    for s in range(0, d, stride):  # captum: starts until the axis is covered, the last window cut off
+        if s > 0 and s - stride + window >= d:
+            break
         diff = ((np.asarray(x)[:, s : s + window] - 0.5) * w[s : s + window, 0]).sum(1)
         ref[:, s : s + window] += diff[:, None]
         count[s : s + window] += 1
     np.testing.assert_allclose(out, ref / np.maximum(count, 1), atol=TOL)
+    assert count.min() >= 1  # every feature covered (d = 8: the window starting at 6 is cut off)
     with pytest.raises(ValueError, match="sliding_window_shapes"):
         at.occlusion(apply, params, x, sliding_window_shapes=(9,))
 

@@ -7,6 +7,7 @@ the shape of ``x``. Baselines default to zero, as in captum.
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any, Callable
 
 import jax
@@ -158,7 +159,9 @@ def _pair_target(target: Any, n: int) -> Any:
 
 
 def _windows(shape: tuple[int, ...], window: tuple[int, ...], strides: tuple[int, ...]) -> list[tuple[int, ...]]:
-    starts = [range(0, s - w + 1, st) for s, w, st in zip(shape, window, strides)]
+    """captum's start positions: ceil((size - window) / stride) + 1 per axis from 0 (the last
+    window may be cut off at the edge)."""
+    starts = [[k * st for k in range(math.ceil((s - w) / st) + 1)] for s, w, st in zip(shape, window, strides)]
     return list(itertools.product(*starts))
 
 
@@ -167,7 +170,8 @@ def occlusion(
     strides: int | tuple[int, ...] = 1, target: Any = None, baselines: Any = None,
 ) -> jax.Array:
     r"""captum ``Occlusion`` (Zeiler & Fergus 2014): each window (start positions every
-    ``strides``, no padding) is set to the baseline; every feature receives
+    ``strides`` from 0 until the axis is covered; the last window may be cut off at the
+    edge, as in captum) is set to the baseline; every feature receives
     :math:`f_t(x) - f_t(x_{\text{window} \leftarrow b})` averaged over the windows covering it
     (features no window covers get 0). Window shapes are per example (without the batch axis).
     """
