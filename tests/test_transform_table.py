@@ -45,6 +45,15 @@ def one_worker(tx) -> optax.GradientTransformationExtraArgs:
 WORKER_AXIS_OFF = {"axis_name": None}
 
 
+def one_example(tx) -> optax.GradientTransformationExtraArgs:
+    """``tx`` fed per-example gradients: the gradient as a batch of one example."""
+
+    def update(updates, state, params=None, **extra_args):
+        return tx.update(jax.tree.map(lambda a: a[None], updates), state, params, **extra_args)
+
+    return optax.GradientTransformationExtraArgs(tx.init, update)
+
+
 # ----------------------------------------------------------------------------- harness
 def make(entry: Entry, *, wrap=None, workers=False, **overrides) -> optax.GradientTransformation:
     """The entry's transform (one worker unless ``workers``), chained with
@@ -55,6 +64,8 @@ def make(entry: Entry, *, wrap=None, workers=False, **overrides) -> optax.Gradie
     tx = (wrap or entry.factory)(**kwargs)
     if entry.needs_axis and not workers:
         tx = one_worker(tx)
+    if entry.per_example:
+        tx = one_example(tx)
     if entry.scale_lr is not None:
         tx = optax.chain(tx, optax.scale(-entry.scale_lr))
     return tx

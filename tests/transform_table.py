@@ -124,6 +124,7 @@ class Entry:
     needs_axis: bool = False  # no axis_name=None: single-worker checks run it as 1 worker under the axis
     combinator: bool = False  # builds a rule from other transforms (no learning_rate of its own)
     known_failures: dict[str, str] = dataclasses.field(default_factory=dict)  # test -> reason (xfail)
+    per_example: bool = False  # takes per-example gradients: the checks feed a batch of one example
 
     def __str__(self) -> str:
         return self.name
@@ -342,6 +343,27 @@ ENTRIES: list[Entry] = [
         bad_args=({"rho": float("nan")}, {"alpha": 2.0}),
         scale_lr=0.1,
         loss_fn=True,
+    ),
+    # ---- DP-SGD (Abadi et al. 2016; FFA-LoRA): the checks feed a batch of one example
+    Entry(
+        "dpsgd-no-noise",
+        lo.dpsgd,
+        dict(learning_rate=0.1, l2_norm_clip=1.0, noise_multiplier=0.0),
+        reference=gradient_reference(ref.clipped_gd_reference),
+        ref_kwargs=dict(learning_rate=0.1, l2_norm_clip=1.0),
+        bad_args=({"learning_rate": -1.0}, {"l2_norm_clip": 0.0}, {"noise_multiplier": -1.0},
+                  {"noise_multiplier": float("nan")}),
+        per_example=True,
+    ),
+    Entry(
+        "scale_by_dpsgd",
+        lo.scale_by_dpsgd,
+        dict(l2_norm_clip=0.5, noise_multiplier=0.0),
+        reference=gradient_reference(ref.clipped_gd_reference),
+        ref_kwargs=dict(learning_rate=0.1, l2_norm_clip=0.5),
+        bad_args=({"l2_norm_clip": -1.0},),
+        scale_lr=0.1,
+        per_example=True,
     ),
 ] + _worker_axis_entries()
 

@@ -1,6 +1,6 @@
 """Optimizers and gradient transforms, each an ``optax.GradientTransformation``.
 
-The rules live in private modules (``_diffgrad``, ``_dgc``, ``_sam``, ``_zeroth_order``);
+The rules live in private modules (``_diffgrad``, ``_dgc``, ``_dpsgd``, ``_sam``, ``_zeroth_order``);
 this package re-exports every public name, optax-style. :data:`TRANSFORMS` names
 every public transform factory (the shared transform table covers each)."""
 from lgrad.optim._dgc import DGCState as DGCState
@@ -17,6 +17,10 @@ from lgrad.optim._dgc import scale_by_dgc as scale_by_dgc
 from lgrad.optim._dgc import select_topk as select_topk
 from lgrad.optim._dgc import warmup_density as warmup_density
 from lgrad.optim._dgc import warmup_phases as warmup_phases
+from lgrad.optim._dpsgd import DPSGDState as DPSGDState
+from lgrad.optim._dpsgd import clip_per_example as clip_per_example
+from lgrad.optim._dpsgd import dpsgd as dpsgd
+from lgrad.optim._dpsgd import scale_by_dpsgd as scale_by_dpsgd
 from lgrad.optim._diffgrad import ScaleByDiffGradState as ScaleByDiffGradState
 from lgrad.optim._diffgrad import diffgrad as diffgrad
 from lgrad.optim._diffgrad import scale_by_diffgrad as scale_by_diffgrad
@@ -36,7 +40,10 @@ from lgrad.optim._zeroth_order import spsa_gradient as spsa_gradient
 from lgrad.optim._zeroth_order import spsa_projected_gradient as spsa_projected_gradient
 
 #: Every public transform factory of this package (returns an optax transform).
-TRANSFORMS = ("diffgrad", "scale_by_diffgrad", "dgc", "scale_by_dgc", "mezo", "scale_by_mezo", "sam", "scale_by_sam")
+TRANSFORMS = (
+    "diffgrad", "scale_by_diffgrad", "dgc", "scale_by_dgc", "mezo", "scale_by_mezo", "sam", "scale_by_sam",
+    "dpsgd", "scale_by_dpsgd",
+)
 
 __all__ = [
     # diffGrad
@@ -58,6 +65,11 @@ __all__ = [
     "select_topk",
     "warmup_density",
     "warmup_phases",
+    # DP-SGD (per-example clipping + Gaussian noise; FFA-LoRA)
+    "DPSGDState",
+    "clip_per_example",
+    "dpsgd",
+    "scale_by_dpsgd",
     # SAM-style perturbed gradient (FedSpeed's local step)
     "ScaleBySAMState",
     "perturbed_gradient",

@@ -192,3 +192,19 @@ def gd_reference(grad_fn: GradFn, x0: np.ndarray, steps: int, *, learning_rate: 
         x = x - learning_rate * grad_fn(x)
         out.append(x.copy())
     return np.asarray(out)
+
+
+def clipped_gd_reference(
+    grad_fn: GradFn, x0: np.ndarray, steps: int, *, learning_rate: float = 0.1, l2_norm_clip: float = 1.0
+) -> np.ndarray:
+    """DP-SGD without noise on a batch of one example (Abadi et al. 2016, Alg. 1):
+    x <- x - lr g min(1, C / ||g||)."""
+    x = np.array(x0, dtype=np.float64)
+    out = []
+    for _ in range(steps):
+        g = grad_fn(x)
+        n = np.linalg.norm(g)
+        x = x - learning_rate * g * min(1.0, l2_norm_clip / n if n > 0 else 1.0)
+        out.append(x.copy())
+    return np.asarray(out)
+
