@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 import jax
 
-__all__ = ["time_fn", "time_pair", "compiled_memory"]
+__all__ = ["time_fn", "time_pair", "time_pair_spread", "compiled_memory"]
 
 
 def time_fn(fn: Callable[..., Any], *args: Any, repeats: int = 20, warmup: int = 3, number: int = 1) -> float:
@@ -41,6 +41,24 @@ def time_pair(
 ) -> tuple[float, float]:
     """Median times (s) of two functions measured *interleaved* (a, b, a, b, ...),
     so that drifts of a shared machine hit both alike; returns (ours, baseline)."""
+    t_ours, t_base, _ = time_pair_spread(
+        ours, ours_args, baseline, baseline_args, repeats=repeats, warmup=warmup, number=number
+    )
+    return t_ours, t_base
+
+
+def time_pair_spread(
+    ours: Callable[..., Any],
+    ours_args: tuple,
+    baseline: Callable[..., Any],
+    baseline_args: tuple,
+    *,
+    repeats: int = 21,
+    warmup: int = 3,
+    number: int = 1,
+) -> tuple[float, float, dict[str, float]]:
+    """:func:`time_pair` plus the spread of the per-repeat ratio ours/baseline (each
+    repeat times both back to back): ``{"ratio_p10", "ratio_median", "ratio_p90"}``."""
     for _ in range(max(1, warmup)):
         jax.block_until_ready(ours(*ours_args))
         jax.block_until_ready(baseline(*baseline_args))
@@ -52,16 +70,19 @@ def time_pair(
                 out = fn(*args)
             jax.block_until_ready(out)
             acc.append((time.perf_counter() - t0) / number)
-    return statistics.median(ta), statistics.median(tb)
+    ratios = sorted(a / b for a, b in zip(ta, tb))
+    q = lambda f: ratios[min(len(ratios) - 1, int(f * (len(ratios) - 1) + 0.5))]  # noqa: E731
+    spread = {"ratio_p10": q(0.1), "ratio_median": statistics.median(ratios), "ratio_p90": q(0.9)}
+    return statistics.median(ta), statistics.median(tb), spread
 
 
-def compiled_memory(fn: Callable[..., Any], *args: Any) -> dict[str, int]:
-    """XLA's compiled memory analysis of ``jax.jit(fn)(*args)`` (bytes).
+def compiled_memory(fn: Callable[..., Any], *args: Any, donate: tuple[int, ...] = ()) -> dict[str, int]:
+    """XLA's compiled memory analysis of ``jax.jit(fn, donate_argnums=donate)(*args)`` (bytes).
 
     ``peak`` is arguments + outputs + temporaries - aliased (what the program needs
-    resident at once, as XLA plans it).
+    resident at once, as XLA plans it; donated arguments reused by outputs count once).
     """
-    compiled = jax.jit(fn).lower(*args).compile()
+    compiled = jax.jit(fn, donate_argnums=donate).lower(*args).compile()
     m = compiled.memory_analysis()
     if m is None:  # some backends do not report
         return {}
