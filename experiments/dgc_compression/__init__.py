@@ -19,6 +19,14 @@ accuracy measured here are those of the transform users import. The threshold
 sampling is seeded with DGC's ``seed`` option (``seed + 7``, folded with the step and
 the worker index as before the port).
 
+Seeds: every run trains ``n_seeds`` = 3 seeds (test split, worker partition, init,
+minibatch order and DGC's sampling seed all follow the seed). The accuracy gap is the
+seed mean with its spread in ``measured`` (the paper reports single runs); the
+bytes, selected-count and bookkeeping claims take the worst seed. Issue 24, before
+-> after (quick): accuracy-gap -0.6 points on seed 0 alone (pass) -> mean -0.33 +-
+0.38 (per seed -0.6, -0.6, +0.2; pass); 1 test image is 0.1 points. The other
+claims are unchanged (ratio 381.8, selected-count 1.0, bookkeeping 0.0).
+
 History (kept for honesty): a first quick config (hidden 1024, 20 epochs, lr 0.05)
 left dense momentum SGD undertrained (94.1% test accuracy) and DGC 0.7 points
 behind it, failing the 0.5-point claim. The current quick config trains both to
@@ -61,15 +69,15 @@ CONFIGS = {
     "quick": dict(
         seed=0, n_workers=4, hidden=512, batch_per_worker=32, epochs=40, learning_rate=0.1, momentum=0.9,
         final_density=0.001, schedule="paper", min_compress_size=100, eval_every=31, test_fraction=0.2,
-        backend="vmap",
+        backend="vmap", n_seeds=3,
     ),
     "full": dict(
         seed=0, n_workers=8, hidden=2048, batch_per_worker=32, epochs=60, learning_rate=0.1, momentum=0.9,
         final_density=0.001, schedule="paper", min_compress_size=100, eval_every=15, test_fraction=0.2,
-        backend="vmap",
+        backend="vmap", n_seeds=3,
     ),
 }
-SMOKE = dict(hidden=64, epochs=2, batch_per_worker=125, eval_every=4, final_density=0.25)
+SMOKE = dict(hidden=64, epochs=2, batch_per_worker=125, eval_every=4, final_density=0.25, n_seeds=1)
 #: Input limits (keys not named here -- seed, epochs, learning_rate, momentum,
 #: eval_every -- take lgrad.engine.config.GENERIC_LIMITS).
 LIMITS = {
@@ -81,9 +89,10 @@ LIMITS = {
     "min_compress_size": Int(min=0),
     "test_fraction": Float(gt=0, lt=1),
     "backend": Choice("vmap", "mesh"),
+    "n_seeds": Int(min=1, max=20),
 }
 #: Backend-equivalence probe: 8 workers, a small MLP, a density every leaf can take.
-PROBE = dict(n_workers=8, hidden=32, batch_per_worker=16, final_density=0.25)
+PROBE = dict(n_workers=8, hidden=32, batch_per_worker=16, final_density=0.25, n_seeds=1)
 
 
 
@@ -228,9 +237,8 @@ def backend_probe(config: dict, backend: str, rounds: int = 3) -> dict[str, np.n
 
 
 # ----------------------------------------------------------------------------- run
-def run(config: dict[str, Any], ctx: RunContext) -> list[Claim]:
-    cfg = config
-    check_config(cfg)
+def _run_seed(cfg, ctx, plot: bool) -> dict[str, Any]:
+    """Dense and DGC training on ``cfg['seed']`` (split, partition, init, minibatches, sampling)."""
     data, test, steps_per_epoch = _data(cfg)
     total = cfg["epochs"] * steps_per_epoch
     evaluate = _evaluator(test)
@@ -238,10 +246,18 @@ def run(config: dict[str, Any], ctx: RunContext) -> list[Claim]:
     phases = warmup_phases(total, steps_per_epoch, final_density=cfg["final_density"], schedule=cfg["schedule"])
     dgc_h, dgc_ev, dgc_steps, dgc_traffic = _train_dgc(cfg, data, evaluate, phases, ctx)
     m = _measure(cfg, dense, dense_bytes, dgc_h, dgc_ev, dgc_traffic)
-    m.update(phases=phases, steps=total, n_test=len(test[1]))
+    m.update(phases=phases, steps=total, n_test=len(test[1]), seed=cfg["seed"])
     _log(ctx, cfg, dense, dgc_h, dgc_ev, dgc_steps, m)
-    _plot(ctx, dense, dgc_ev, dgc_steps, m["cum_dense"], m["cum_dgc"], cfg)
-    return _claims(cfg, m)
+    if plot:
+        _plot(ctx, dense, dgc_ev, dgc_steps, m["cum_dense"], m["cum_dgc"], cfg)
+    return m
+
+
+def run(config: dict[str, Any], ctx: RunContext) -> list[Claim]:
+    cfg = config
+    check_config(cfg)
+    ms = [_run_seed(dict(cfg, seed=cfg["seed"] + k), ctx, plot=k == 0) for k in range(cfg["n_seeds"])]
+    return _claims(cfg, ms)
 
 
 def _measure(cfg, dense, dense_bytes, dgc_h, dgc_ev, dgc_traffic) -> dict[str, Any]:
@@ -275,10 +291,10 @@ def _log(ctx, cfg, dense, dgc_h, dgc_ev, dgc_steps, m) -> None:
     ctx.log_history("dense", {"loss": dense.history["loss"], "bytes": dense.history["bytes"]}, every=10)
     ctx.log_history("dgc", {"loss": dgc_h["loss"], "bytes": dgc_h["bytes"], "density": dgc_h["density"]}, every=10)
     for s_, a_ in zip(dense.eval_steps, dense.evals["test_acc"]):
-        ctx.log("dense_eval", step=s_, test_acc=a_)
+        ctx.log("dense_eval", step=s_, seed=m["seed"], test_acc=a_)
     for s_, a_ in zip(dgc_steps, dgc_ev["test_acc"]):
-        ctx.log("dgc_eval", step=s_, test_acc=a_)
-    ctx.log("summary", n_params=m["n_params"], n_workers=cfg["n_workers"], steps=m["steps"], phases=m["phases"],
+        ctx.log("dgc_eval", step=s_, seed=m["seed"], test_acc=a_)
+    ctx.log("summary", seed=m["seed"], n_params=m["n_params"], n_workers=cfg["n_workers"], steps=m["steps"], phases=m["phases"],
             backend=cfg["backend"], dense_bytes_per_step=m["dense_bytes"], dgc_bytes_per_step_final=m["dgc_bytes_final"],
             compression_ratio=m["ratio"], acc_dense=m["acc_dense"], acc_dgc=m["acc_dgc"],
             total_bytes_dense=float(m["cum_dense"][-1]), total_bytes_dgc=float(m["cum_dgc"][-1]),
@@ -287,9 +303,18 @@ def _log(ctx, cfg, dense, dgc_h, dgc_ev, dgc_steps, m) -> None:
             bookkeeping_max_abs=m["book"], replica_spread_max=m["replica_spread_max"])
 
 
-def _claims(cfg, m) -> list[Claim]:
+def _claims(cfg, ms) -> list[Claim]:
+    """The bytes, count and bookkeeping claims over every seed (worst case); the accuracy gap as
+    the seed mean (spread in ``measured``)."""
     c = CRITERIA
     lo, hi = c["count_low"], c["count_high"]
+    m = dict(ms[0])
+    m["ratio"] = min(x["ratio"] for x in ms)
+    m["in_range"] = min(x["in_range"] for x in ms)
+    m["book"] = max(x["book"] for x in ms)
+    gaps = np.array([100.0 * (x["acc_dense"] - x["acc_dgc"]) for x in ms])
+    gap = {"mean": round(float(gaps.mean()), 3), "std": round(float(gaps.std()), 3),
+           "per_seed": [round(float(g), 3) for g in gaps]}
     return [
         Claim.at_least(
             "compression-ratio",
@@ -298,14 +323,17 @@ def _claims(cfg, m) -> list[Claim]:
             m["ratio"], c["compression_ratio_min"],
             note=f"dense {m['dense_bytes']} B/step ({m['n_params']} float32 params), DGC {m['dgc_bytes_final']} B/step "
                  f"(lgrad.optim.dgc's counted traffic; message capacity floor(1.3k) per compressed leaf; leaves < "
-                 f"{cfg['min_compress_size']} entries sent dense)",
+                 f"{cfg['min_compress_size']} entries sent dense); the smallest ratio over {len(ms)} seeds",
         ),
-        Claim.at_most(
+        Claim.holds(
             "accuracy-gap",
-            f"DGC's final test accuracy is at most {c['accuracy_gap_max_points']:g} points below dense momentum SGD's",
-            100.0 * (m["acc_dense"] - m["acc_dgc"]), c["accuracy_gap_max_points"],
-            note=f"dense {100 * m['acc_dense']:.2f}%, DGC {100 * m['acc_dgc']:.2f}% on {m['n_test']} test images "
-                 f"after {m['steps']} steps ({cfg['backend']} backend)",
+            f"DGC's final test accuracy is at most {c['accuracy_gap_max_points']:g} points below dense momentum SGD's "
+            f"(mean over {len(ms)} seeds)",
+            gap, f"mean <= {c['accuracy_gap_max_points']:g}", gap["mean"] <= c["accuracy_gap_max_points"],
+            note="dense / DGC per seed: " + ", ".join(f"{100 * x['acc_dense']:.2f}% / {100 * x['acc_dgc']:.2f}%"
+                                                    for x in ms)
+                 + f" on {m['n_test']} test images (1 image = {100 / m['n_test']:g} points) after {m['steps']} steps "
+                   f"({cfg['backend']} backend)",
         ),
         Claim.at_least(
             "selected-count",
