@@ -24,9 +24,14 @@ RESULTS = ROOT / "results"
 RULE_PACKAGES = [
     "lgrad.optim",
     "lgrad.robust",
+    "lgrad.federated",
     "lgrad.distributed",
     "lgrad.local",
+    "lgrad.adapters",
+    "lgrad.solvers",
+    "lgrad.gflownet",
     "lgrad.analysis",
+    "lgrad.analysis.attribution",
     "lgrad.unlearn",
 ]
 
