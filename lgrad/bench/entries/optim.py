@@ -13,15 +13,20 @@
   removed (the memory-traffic floor of that fusion structure: the measured limit),
   and both updates with the state donated.
 
-What the breakdown shows (committed run, shared 2-core CPU): XLA:CPU does not fuse
-sibling outputs (no multi-output loop fusion), so Adam's update is three kernels
-(m: 2 reads + 1 write, v: 2 + 1, u: 3 + 1 = 9 array passes, XLA's 36 bytes per
-parameter) and diffGrad's four (m, v, u reading g, m, v, g_prev, and the copy of
-g into the state's g_prev: 13 passes, 52 bytes per parameter). 52/36 = 1.44 is the
-measured ratio; dropping the sigmoid leaves it unchanged (the floor row), so the
-1.35 target (written for 8/6 arrays of a one-pass kernel) is out of reach on
-XLA:CPU without changing the state layout; on a backend with multi-output fusion
-(GPU) the 8/6 structure applies.
+What the breakdown shows (committed run, shared 2-core CPU under load ~15, so the
+timings spread widely; the p10-p90 ratio range is in each row's ``extra``): XLA:CPU
+does not fuse sibling outputs (no multi-output loop fusion), so Adam's update is
+three kernels (m: 2 reads + 1 write, v: 2 + 1, u: 3 + 1 = 9 array passes, XLA's 36
+bytes per parameter) and diffGrad's four (m, v, u reading g, m, v, g_prev, and a copy
+of the incoming g into the state's g_prev: 13 passes, 52 bytes per parameter), a
+deterministic 1.44 (``xla-bytes``). The same program without the friction's ``exp``
+(``no-exp-floor``) is the measured limit of that structure; the rest of the gap is
+the logistic (2 transcendentals per parameter vs 1). The 1.35 target was written for
+a one-pass kernel moving 8 vs 6 arrays: on XLA:CPU it needs the g_prev copy gone
+(a state layout in which g_prev is not a separate output, or a donated gradient) -
+not done. Donating the state makes both sides slower here (``donated``): XLA
+inserts copies of m and v because the u kernel reads the moments the m/v kernels
+overwrite in place.
 """
 from __future__ import annotations
 
