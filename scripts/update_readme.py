@@ -1,11 +1,12 @@
 """Regenerate README.md's generated tables from the code and results/.
 
-    python scripts/update_readme.py [--only transforms|reproductions|bench]
+    python scripts/update_readme.py [--only transforms|reproductions|bench|papers]
 
 Sections between ``<!-- BEGIN name -->`` and ``<!-- END name -->`` are replaced:
 ``transforms`` (every public factory in lgrad's rule packages), ``reproductions``
 (every registered experiment with its committed result) and ``bench`` (the latest
-results/bench.json, when present).
+results/bench.json, when present); in docs/papers/README.md, ``papers`` (one row per
+experiment, the total and the failing claims).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+PAPERS_INDEX = ROOT / "docs" / "papers" / "README.md"
 RESULTS = ROOT / "results"
 
 # Packages whose public callables are listed as transforms / tools.
@@ -56,6 +58,20 @@ def transforms_table() -> str:
     return "\n".join(rows)
 
 
+def _result(name: str) -> dict | None:
+    path = RESULTS / name / "result.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _counts(claims: list[dict]) -> tuple[int, int, int, int]:
+    """(pass, fail, finding, skipped) of a result's claims."""
+    from lgrad.engine.claims import SKIPPED
+
+    skipped = sum(c["passed"] is None and c["target"] == SKIPPED for c in claims)
+    return (sum(c["passed"] is True for c in claims), sum(c["passed"] is False for c in claims),
+            sum(c["passed"] is None for c in claims) - skipped, skipped)
+
+
 def reproductions_table() -> str:
     from lgrad.engine import discover
 
@@ -64,22 +80,47 @@ def reproductions_table() -> str:
         "| --- | --- | --- |",
     ]
     for name, exp in discover().items():
-        path = RESULTS / name / "result.json"
-        if path.exists():
-            data = json.loads(path.read_text())
-            claims = data["claims"]
-            p = sum(c["passed"] is True for c in claims)
-            f = sum(c["passed"] is False for c in claims)
-            from lgrad.engine.claims import SKIPPED
-
-            k = sum(c["passed"] is None and c["target"] == SKIPPED for c in claims)
-            i = sum(c["passed"] is None for c in claims) - k
+        data = _result(name)
+        if data is not None:
+            p, f, i, k = _counts(data["claims"])
             skipped = f", {k} skipped" if k else ""
             status = f"{p} pass, {f} fail, {i} findings{skipped} ({data['mode']}, {data['runtime_s']:.0f} s)"
         else:
             status = "not run yet"
-        rows.append(f"| `{name}` | {exp.paper} | {status} |")
+        rows.append(f"| [`{name}`](docs/papers/{name}.md) | {exp.paper} | {status} |")
     return "\n".join(rows)
+
+
+def papers_table() -> str:
+    """docs/papers/README.md: one row per experiment, a total, and where the failures are."""
+    from lgrad.engine import discover
+
+    rows = ["| experiment | paper | command | pass / fail / finding | quick time (wall, committed run) |",
+            "| --- | --- | --- | --- | --- |"]
+    total, seconds, failing = [0, 0, 0, 0], 0.0, []
+    for name, exp in discover().items():
+        data = _result(name)
+        if data is None:
+            rows.append(f"| [`{name}`]({name}.md) | {exp.paper} | `lgrad run {name} --quick` | not run yet | - |")
+            continue
+        counts = _counts(data["claims"])
+        total = [a + b for a, b in zip(total, counts)]
+        seconds += data["runtime_s"]
+        skipped = f" ({counts[3]} skipped)" if counts[3] else ""
+        rows.append(f"| [`{name}`]({name}.md) | {exp.paper} | `lgrad run {name} --quick` "
+                    f"| {counts[0]} / {counts[1]} / {counts[2]}{skipped} | {data['runtime_s']:.0f} s |")
+        failing += [f"- [`{name}`]({name}.md): `{c['id']}` (measured {_short(c['measured'])}, target {c['target']})"
+                     for c in data["claims"] if c["passed"] is False]
+    skipped = f" ({total[3]} skipped)" if total[3] else ""
+    rows.append(f"| **total** | | `lgrad reproduce --quick` | **{total[0]} / {total[1]} / {total[2]}**{skipped} "
+                f"| {seconds:.0f} s |")
+    rows += ["", "Failing claims (each stays failing and is explained on its page):", "", *(failing or ["- none"])]
+    return "\n".join(rows)
+
+
+def _short(value, width: int = 60) -> str:
+    text = f"{value:.4g}" if isinstance(value, float) else json.dumps(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def bench_table() -> str:
@@ -113,17 +154,20 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(description="regenerate README.md's generated tables")
-    parser.add_argument("--only", action="append", default=[], choices=["transforms", "reproductions", "bench"])
+    parser.add_argument("--only", action="append", default=[],
+                        choices=["transforms", "reproductions", "bench", "papers"])
     args = parser.parse_args(argv)
-    text = README.read_text()
-    sections = [("transforms", transforms_table), ("reproductions", reproductions_table), ("bench", bench_table)]
-    for section, render in [(n, r) for n, r in sections if not args.only or n in args.only]:
-        pattern = re.compile(rf"(<!-- BEGIN {section} -->\n).*?(<!-- END {section} -->)", re.S)
-        if not pattern.search(text):
-            print(f"README.md has no {section} section", file=sys.stderr)
-            continue
-        text = pattern.sub(lambda m: m.group(1) + render() + "\n" + m.group(2), text)
-    README.write_text(text)
+    sections = [(README, "transforms", transforms_table), (README, "reproductions", reproductions_table),
+                (README, "bench", bench_table), (PAPERS_INDEX, "papers", papers_table)]
+    for path in (README, PAPERS_INDEX):
+        text = path.read_text()
+        for _, section, render in [x for x in sections if x[0] == path and (not args.only or x[1] in args.only)]:
+            pattern = re.compile(rf"(<!-- BEGIN {section} -->\n).*?(<!-- END {section} -->)", re.S)
+            if not pattern.search(text):
+                print(f"{path.name} has no {section} section", file=sys.stderr)
+                continue
+            text = pattern.sub(lambda m: m.group(1) + render() + "\n" + m.group(2), text)
+        path.write_text(text)
     return 0
 
 
