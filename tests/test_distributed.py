@@ -9,7 +9,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from lgrad.distributed import comm, make_program, place, run_workers, topology, worker_mesh
-from lgrad.engine import run_loop
+from lgrad.train import run_loop
 
 
 def _dsgd_loop(backend: str, n: int, steps: int = 6):

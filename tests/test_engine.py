@@ -11,7 +11,8 @@ import optax
 import pytest
 
 from lgrad.cli import main
-from lgrad.engine import Claim, ConfigError, apply_overrides, discover, fit, run_loop
+from lgrad.engine import Claim, ConfigError, apply_overrides, discover
+from lgrad.train import fit, run_loop
 
 
 def test_claim_factories_compute_passed():

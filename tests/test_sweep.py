@@ -157,7 +157,7 @@ def test_diffgrad_sweep_vmapped_equals_one_by_one(tmp_path):
             np.testing.assert_allclose(ra["metrics"][k], rb["metrics"][k], rtol=1e-12, atol=1e-14, err_msg=k)
     # a cell (inject_hyperparams, traced settings) equals the experiment's own fit path
     from experiments.diffgrad_synthetic import f1
-    from lgrad.engine import fit
+    from lgrad.train import fit
     from lgrad.optim import diffgrad
 
     paper = next(r for r in b.records if r["overrides"] == {"learning_rate": 0.1, "b1": 0.95})

@@ -186,7 +186,7 @@ def test_batched_unlearning_equals_separate_runs():
     bat = unlearn("npo", lp, jnp.stack(ws), (x, y), tx, steps=4, batched=True).params
     np.testing.assert_allclose(bat, jnp.stack(sep), rtol=1e-5, atol=1e-6)
     # unlearn's NPO (reference log-probs precomputed) == fit on unlearning_loss (reference model in the loss)
-    from lgrad.engine import fit
+    from lgrad.train import fit
 
     ref = fit(unlearning_loss("npo", lp, ref_params=ws[0]), ws[0], tx, steps=4, data=(x, y)).params
     np.testing.assert_allclose(sep[0], ref, rtol=1e-5, atol=1e-6)

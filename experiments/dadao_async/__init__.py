@@ -33,7 +33,8 @@ import scipy.linalg
 
 from lgrad import federated
 from lgrad.distributed import topology
-from lgrad.engine import Claim, RunContext, run_loop
+from lgrad.engine import Claim, RunContext
+from lgrad.train import run_loop
 from lgrad.engine.config import Float, Int
 from lgrad.federated import _dadao as dadao
 

@@ -46,7 +46,8 @@ import optax
 from lgrad import federated
 from lgrad.data import mnist5k, train_test_split
 from lgrad.distributed.partition import iid
-from lgrad.engine import Claim, RunContext, run_loop
+from lgrad.engine import Claim, RunContext
+from lgrad.train import run_loop
 from lgrad.engine.config import Choice, Float, Int
 from lgrad.optim import dgc, leaf_budget, warmup_phases
 

@@ -13,7 +13,7 @@ SGD with a constant step, Metropolis-Hastings W for the complete graph (p = 1), 
 4 x 4 torus (p = 0.4) and the ring (p ~ 0.051). Training is the library's D-SGD:
 ``lgrad.federated.worker_algorithm(federated.decentralized(optax.sgd(lr),
 federated.gossip_mix(W)), ...)``, one algorithm per graph, all three advanced in
-one ``lgrad.engine.run_loop`` scan; the S seeds are batched inside each worker
+one ``lgrad.train.run_loop`` scan; the S seeds are batched inside each worker
 (params (S, d), one minibatch per seed). The consensus distance and the averaged
 model's loss are diagnostics computed from the stacked parameters outside the
 algorithm (their reductions are not counted traffic).
@@ -51,7 +51,8 @@ from lgrad import federated
 from lgrad.data import logistic_regression
 from lgrad.distributed import topology
 from lgrad.distributed.multiprocess import to_host
-from lgrad.engine import Claim, RunContext, run_loop
+from lgrad.engine import Claim, RunContext
+from lgrad.train import run_loop
 from lgrad.engine.config import Choice, Float, Int
 
 NAME = "dsgd-topology"

@@ -24,7 +24,7 @@ Three parts:
 3. MNIST-5k (14x14 pooled in quick), Dirichlet label skew alpha in {0.1, 0.3, 1},
    10 clients, >= 3 seeds (the partition and the init change with the seed): the
    test accuracy of FedSpeed and FedAvg after the same number of rounds; all
-   settings run in one ``vmap`` per method inside ``lgrad.engine.run_loop``. A
+   settings run in one ``vmap`` per method inside ``lgrad.train.run_loop``. A
    rho = 0 ablation (FedSpeed without the perturbation) is a finding.
 
 Command: ``lgrad run fedspeed-heterogeneity --quick``.
@@ -48,7 +48,8 @@ import optax
 from lgrad import federated
 from lgrad.data import average_pool, mnist5k, train_test_split
 from lgrad.distributed.partition import dirichlet
-from lgrad.engine import Claim, RunContext, run_loop
+from lgrad.engine import Claim, RunContext
+from lgrad.train import run_loop
 from lgrad.engine.config import Bool, Choice, Float, Int
 from lgrad.federated._fedspeed import fedspeed
 

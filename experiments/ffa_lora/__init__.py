@@ -46,9 +46,10 @@ from lgrad import federated
 from lgrad.adapters import add_lora, combine, lora_client, lora_delta, lora_labels, merge_lora, partition
 from lgrad.data import average_pool, mnist5k, train_test_split
 from lgrad.distributed.partition import dirichlet
-from lgrad.engine import Claim, RunContext, run_loop
+from lgrad.engine import Claim, RunContext
+from lgrad.train import run_loop
 from lgrad.engine.config import Choice, Float, Int
-from lgrad.optim._dpsgd import dpsgd
+from lgrad.optim import dpsgd
 
 NAME = "ffa-lora"
 PAPER = "Sun, Li, Li, Ding 2024, Improving LoRA in Privacy-preserving Federated Learning (ICLR), FFA-LoRA"

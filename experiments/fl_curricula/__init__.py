@@ -15,7 +15,7 @@ draw their minibatches from the first ceil(g(t) n_i) rows with the linear pacing
 g(t) = min(1, b + (1 - b) t / (a T)), b = ``pace_start``, a = ``pace_full_at``
 (the paper's values are unverified; 0.2 / 0.8 are ours). The same seeds (partition,
 init, minibatch keys) serve every ordering. Every (alpha, seed) setting of one
-ordering runs at once (``vmap``) inside ``lgrad.engine.run_loop``. Optionally
+ordering runs at once (``vmap``) inside ``lgrad.train.run_loop``. Optionally
 (``client_selection``), curriculum ordering plus client selection by difficulty
 (``difficulty_selection``: only the easiest ceil(g(t) n) clients by mean score are
 averaged) is reported as a finding.
@@ -39,7 +39,8 @@ import optax
 from lgrad import federated
 from lgrad.data import digits, train_test_split
 from lgrad.distributed.partition import dirichlet
-from lgrad.engine import Claim, RunContext, run_loop
+from lgrad.engine import Claim, RunContext
+from lgrad.train import run_loop
 from lgrad.engine.config import Bool, Float, Int
 from lgrad.federated._curriculum import ORDERINGS, curriculum_training, difficulty_selection, linear_pacing, order_by_difficulty
 

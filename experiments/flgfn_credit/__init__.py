@@ -39,7 +39,8 @@ import numpy as np
 import optax
 
 from lgrad import gflownet as gfn
-from lgrad.engine import Claim, RunContext, run_loop
+from lgrad.engine import Claim, RunContext
+from lgrad.train import run_loop
 from lgrad.engine.config import Bool, Float, Int
 from lgrad.train import TrainState
 

@@ -72,7 +72,8 @@ from lgrad import federated, robust
 from lgrad.data import average_pool, mnist5k, train_test_split
 from lgrad.distributed.multiprocess import to_host
 from lgrad.distributed.partition import dirichlet
-from lgrad.engine import Claim, RunContext, run_loop
+from lgrad.engine import Claim, RunContext
+from lgrad.train import run_loop
 from lgrad.engine.config import Bool, Choice, Float, Int
 
 NAME = "monna-robustness"

@@ -29,7 +29,8 @@ import numpy as np
 from lgrad import federated
 from lgrad.data.synthetic import linear_regression
 from lgrad.distributed import comm
-from lgrad.engine import Claim, RunContext, run_loop
+from lgrad.engine import Claim, RunContext
+from lgrad.train import run_loop
 from lgrad.engine.config import Choice, Float, Int
 from lgrad.optim import mezo, perturb, sample_key, spsa_projected_gradient
 
