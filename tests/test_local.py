@@ -231,3 +231,20 @@ def test_unknown_rule_and_bad_options():
         ll.auglocal(depth=0)
     with pytest.raises(ValueError, match="rule must be"):
         ll.LocalLearner(_mlp_blocks(), 3, input_shape=(4,), num_classes=C)
+
+
+def test_model_activation_option():
+    """mlp/cnn take act="relu" (default) or "tanh" (DRTP's paper uses tanh units); anything else is refused."""
+    x = jax.random.normal(jax.random.PRNGKey(0), (3, 8))
+    for act, f in (("relu", jax.nn.relu), ("tanh", jnp.tanh)):
+        blocks = M.mlp(8, (5,), C, rngs=nnx.Rngs(0), act=act)
+        lin = blocks[0].linear
+        np.testing.assert_allclose(np.asarray(blocks[0](x)), np.asarray(f(lin(x))), rtol=1e-6)
+    img = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, 1))
+    conv = M.cnn((8, 8), 4, C, rngs=nnx.Rngs(0), act="tanh")[0]
+    out = np.asarray(conv(img))
+    assert out.min() >= -1 and out.max() <= 1 and out.min() < 0  # tanh, not ReLU
+    with pytest.raises(ValueError, match="act must be one of"):
+        M.mlp(8, (5,), C, rngs=nnx.Rngs(0), act="gelu")
+    with pytest.raises(ValueError, match="act must be one of"):
+        M.cnn((8, 8), 4, C, rngs=nnx.Rngs(0), act="sigmoid")

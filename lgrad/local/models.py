@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-__all__ = ["DenseBlock", "ConvBlock", "Readout", "RNNLayer", "mlp", "cnn", "rnn"]
+__all__ = ["ACTIVATIONS", "DenseBlock", "ConvBlock", "Readout", "RNNLayer", "mlp", "cnn", "rnn"]
 
 
 class DenseBlock(nnx.Module):
@@ -31,14 +31,15 @@ class DenseBlock(nnx.Module):
 
 
 class ConvBlock(nnx.Module):
-    """3x3 conv, ReLU, optional 2x2 max-pool (NHWC)."""
+    """3x3 conv, ``act`` (default ReLU), optional 2x2 max-pool (NHWC)."""
 
-    def __init__(self, cin: int, cout: int, *, pool: bool, rngs: nnx.Rngs):
+    def __init__(self, cin: int, cout: int, *, pool: bool, rngs: nnx.Rngs, act=jax.nn.relu):
         self.conv = nnx.Conv(cin, cout, (3, 3), padding="SAME", rngs=rngs)
         self.pool = pool
+        self.act = act
 
     def __call__(self, h):
-        h = jax.nn.relu(self.conv(h))
+        h = self.act(self.conv(h))
         if self.pool:
             h = nnx.max_pool(h, (2, 2), strides=(2, 2))
         return h
@@ -87,19 +88,33 @@ class RNNLayer(nnx.Module):
         return jnp.swapaxes(hs, 0, 1)
 
 
-def mlp(din: int, widths: Sequence[int], num_classes: int, *, rngs: nnx.Rngs) -> list[nnx.Module]:
+ACTIVATIONS = {"relu": jax.nn.relu, "tanh": jnp.tanh}
+
+
+def _activation(act: str):
+    if act not in ACTIVATIONS:
+        raise ValueError(f"act must be one of {tuple(ACTIVATIONS)}, got {act!r}")
+    return ACTIVATIONS[act]
+
+
+def mlp(din: int, widths: Sequence[int], num_classes: int, *, rngs: nnx.Rngs, act: str = "relu") -> list[nnx.Module]:
+    """Dense blocks of ``widths`` with activation ``act`` (``"relu"`` or ``"tanh"``: DRTP's
+    paper uses tanh hidden units), then a linear readout."""
+    f = _activation(act)
     dims = [din, *widths]
-    return [DenseBlock(a, b, rngs=rngs) for a, b in zip(dims[:-1], dims[1:])] + [Readout(dims[-1], num_classes, rngs=rngs)]
+    return [DenseBlock(a, b, rngs=rngs, act=f) for a, b in zip(dims[:-1], dims[1:])] + [Readout(dims[-1], num_classes, rngs=rngs)]
 
 
 def cnn(
-    image_hw: tuple[int, int], channels: int, num_classes: int, *, n_conv: int = 2, cin: int = 1, rngs: nnx.Rngs
+    image_hw: tuple[int, int], channels: int, num_classes: int, *, n_conv: int = 2, cin: int = 1, rngs: nnx.Rngs,
+    act: str = "relu",
 ) -> list[nnx.Module]:
-    """``n_conv`` conv blocks of ``channels`` (the first one pools 2x2), then a readout
-    that pools 2x2 again. All hidden blocks after the first keep their shape, so any
-    subset of them chains (what AugLocal's copies need)."""
-    blocks: list[nnx.Module] = [ConvBlock(cin, channels, pool=True, rngs=rngs)]
-    blocks += [ConvBlock(channels, channels, pool=False, rngs=rngs) for _ in range(n_conv - 1)]
+    """``n_conv`` conv blocks of ``channels`` with activation ``act`` (the first one pools
+    2x2), then a readout that pools 2x2 again. All hidden blocks after the first keep
+    their shape, so any subset of them chains (what AugLocal's copies need)."""
+    f = _activation(act)
+    blocks: list[nnx.Module] = [ConvBlock(cin, channels, pool=True, rngs=rngs, act=f)]
+    blocks += [ConvBlock(channels, channels, pool=False, rngs=rngs, act=f) for _ in range(n_conv - 1)]
     h, w = image_hw[0] // 4, image_hw[1] // 4
     return blocks + [Readout(h * w * channels, num_classes, pool=True, rngs=rngs)]
 
