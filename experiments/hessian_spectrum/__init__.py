@@ -11,7 +11,7 @@ class), 2-layer tanh MLPs, softmax cross-entropy, full-batch GD (lr 0.1, 300 ste
 through ``lgrad.engine.fit``), float64. At the small widths (10/20/40, 250-1,250
 parameters) the exact Hessian is built and diagonalised, for ``seeds`` seeds (each seed
 draws its own mixture, fixed across widths); at the large widths (quick: 160, i.e.
-1,000-3,900 parameters for k = 2..10, more parameters than data points: the paper's
+3,682-4,970 parameters for k = 2..10, more parameters than data points: the paper's
 over-parametrised regime) lgrad's Lanczos gives the top ``outlier_window`` eigenvalues of
 the Hessian H and of the Gauss-Newton G for every k and ``large_seeds`` seeds, and
 stochastic Lanczos quadrature the density (k = ``large_k``, first seed).
