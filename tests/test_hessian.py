@@ -226,3 +226,29 @@ def test_bad_inputs():
         hs.hutchpp_trace(op, key=jax.random.PRNGKey(0), num_matvecs=2)
     with pytest.raises(ValueError, match="square"):
         hs.matrix_operator(jnp.ones((2, 3)))
+
+
+def test_lanczos_reports_convergence_and_warns_when_not_converged(x64):
+    # converged: every Ritz value within rtol (relative residual), no warning
+    rng = np.random.default_rng(7)
+    q, _ = np.linalg.qr(rng.standard_normal((200, 200)))
+    ev = np.concatenate([[50.0, 40.0, 30.0], rng.uniform(0.0, 1.0, 197)])
+    op = hs.matrix_operator(jnp.asarray((q * ev) @ q.T))
+    import warnings as _w
+
+    with _w.catch_warnings():
+        _w.simplefilter("error")
+        res = hs.lanczos(op, 3, key=jax.random.PRNGKey(0), num_iters=60)
+    assert np.all(np.asarray(res.converged))
+    np.testing.assert_allclose(np.asarray(res.eigenvalues), [50.0, 40.0, 30.0], rtol=1e-6)
+    # a flat spectrum and few iterations: not converged, reported in the result and warned
+    flat = hs.matrix_operator(jnp.asarray((q * np.linspace(1.0, 2.0, 200)) @ q.T))
+    with pytest.warns(UserWarning, match="not converged"):
+        bad = hs.lanczos(flat, 5, key=jax.random.PRNGKey(0), num_iters=8)
+    assert not np.all(np.asarray(bad.converged))
+    assert np.all(np.asarray(bad.converged) == (np.asarray(bad.residuals) <= 1e-3 * np.abs(np.asarray(bad.eigenvalues))))
+    # under jit: no warning, the flag is there
+    flags = jax.jit(lambda k: hs.lanczos(flat, 5, key=k, num_iters=8).converged)(jax.random.PRNGKey(0))
+    assert flags.shape == (5,) and not bool(np.all(np.asarray(flags)))
+    with pytest.raises(ValueError, match="rtol"):
+        hs.lanczos(flat, 2, key=jax.random.PRNGKey(0), rtol=0.0)

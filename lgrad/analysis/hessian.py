@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -400,6 +401,7 @@ class LanczosResult(NamedTuple):
     residuals: jax.Array  # (k,) ||A y - lambda y|| estimates, |beta_m * last component of Ritz vector|
     alphas: jax.Array  # (m,) tridiagonal diagonal
     betas: jax.Array  # (m,) off-diagonal (betas[j] couples j and j+1; 0 marks a restart)
+    converged: jax.Array  # (k,) bool: residual <= rtol * |eigenvalue| (``lanczos``'s rtol)
 
 
 def _check_k(k: int, dim: int, name: str = "k") -> int:
@@ -477,6 +479,7 @@ def lanczos(
     num_iters: int | None = None,
     which: str = "top",
     tol: float | None = None,
+    rtol: float = 1e-3,
 ) -> LanczosResult:
     r"""The ``k`` largest (``which="top"``) or smallest (``"bottom"``) eigenpairs of ``op``.
 
@@ -490,6 +493,14 @@ def lanczos(
     Returns a :class:`LanczosResult` whose ``eigenvectors`` is a pytree like the
     params with a leading axis of ``k`` (zeros outside the operator's mask).
     Jit-compatible (``k``, ``num_iters`` and ``which`` are static).
+
+    Convergence is reported, never silent: ``residuals`` are the Ritz residual norms
+    :math:`\|A y - \theta y\| = |\beta_m\, e_m^\top s|` (they bound each eigenvalue's
+    error), and ``converged[i]`` says whether ``residuals[i] <= rtol * |eigenvalues[i]|``
+    (default ``rtol = 1e-3``, relative). Called outside ``jit``, a ``UserWarning`` names
+    the Ritz values that did not converge; under ``jit`` read ``converged``. The
+    iteration count is not adapted (no restarts yet): raise ``num_iters`` when some
+    value did not converge.
     """
     k = _check_k(k, op.dim)
     m = _default_iters(k, op.dim) if num_iters is None else num_iters
@@ -498,6 +509,8 @@ def lanczos(
         raise ValueError(f"num_iters must be >= k={k}, got {m}")
     if which not in ("top", "bottom"):
         raise ValueError(f"which must be 'top' or 'bottom', got {which!r}")
+    if isinstance(rtol, bool) or not isinstance(rtol, (int, float)) or not rtol > 0:
+        raise ValueError(f"rtol must be a number > 0 (relative residual tolerance), got {rtol!r}")
     k0, k1 = jax.random.split(key)
     alphas, betas, Q = _lanczos_core(op.matvec, _start_vector(k0, op.dim, op.dtype), m, k1, tol)
     theta, y = jnp.linalg.eigh(_tridiag(alphas, betas))
@@ -507,7 +520,23 @@ def lanczos(
     vecs = (Q.T @ ys).T  # (k, n)
     vecs = vecs / jnp.linalg.norm(vecs, axis=1, keepdims=True)
     resid = jnp.abs(betas[-1] * ys[-1])
-    return LanczosResult(vals, jax.vmap(op.unravel)(vecs), resid, alphas, betas)
+    converged = resid <= rtol * jnp.abs(vals)
+    _warn_unconverged(vals, resid, converged, rtol, m)
+    return LanczosResult(vals, jax.vmap(op.unravel)(vecs), resid, alphas, betas, converged)
+
+
+def _warn_unconverged(vals: jax.Array, resid: jax.Array, converged: jax.Array, rtol: float, m: int) -> None:
+    """One ``UserWarning`` when called eagerly and some Ritz value missed ``rtol``."""
+    if isinstance(converged, jax.core.Tracer):
+        return
+    bad = np.flatnonzero(~np.asarray(converged))
+    if bad.size:
+        rel = np.asarray(resid)[bad] / np.maximum(np.abs(np.asarray(vals)[bad]), np.finfo(np.float64).tiny)
+        warnings.warn(
+            f"lanczos: {bad.size} of {converged.shape[0]} Ritz values not converged to rtol={rtol:g} after "
+            f"num_iters={m} (indices {bad.tolist()}, largest relative residual {rel.max():.2e}); raise num_iters",
+            stacklevel=3,
+        )
 
 
 def lanczos_tridiag(op: LinearOperator, v0: jax.Array, num_iters: int, *, key: jax.Array | None = None):
