@@ -17,9 +17,11 @@ element-wise pass, ``select-pass`` 0.16x) and the compaction reuses the counts
 (``select-compact`` 0.56x); together about 0.95x of exact top-k. The whole
 ``select_topk`` still measures above that (``dgc-threshold`` 1.73 -> 1.22 here):
 the program keeps the exact top-k fallback (more than ``cap`` entries over the
-threshold) in a ``lax.cond``, and on XLA:CPU its presence alone costs about 3 ms per
-call at this size even when the branch is not taken (measured with the branch made a
-trivial one: the cost goes; as a 0/1-trip ``while_loop``: it stays) - not resolved.
+threshold) in a ``lax.cond``, and on XLA:CPU that costs about 3 ms per call at this
+size even when the branch is not taken (measured by CPU time: with the branch made
+trivial the cost goes; as a 0/1-trip ``while_loop``, with the compaction moved into
+the other branch or selected after the cond, it stays; the same top-k cond next to a
+plain reduction costs nothing) - the cause is not found, the target stays missed.
 In the step (``dgc-step`` 3.49 -> 2.08), per-leaf selection + masking dominates
 (``step-select+mask``); the exchange with one worker is a small scatter (0.12x).
 """
