@@ -1,7 +1,8 @@
 """Analysis tools: Hessian spectra, attention-SVM geometry, attribution (gradient family,
 local function approximation, NormGrad, patching, level-set traversal; see
-``docs/attribution.md``)."""
+``docs/attribution.md``), gradient inversion (``inversion``: inverting gradients, PSNR/SSIM)."""
 from lgrad.analysis import attribution as attribution
+from lgrad.analysis import _inversion as inversion
 from lgrad.analysis import attention_svm as attention_svm
 from lgrad.analysis.attention_svm import AttentionProblem as AttentionProblem
 from lgrad.analysis.attention_svm import AttSVMInfeasible as AttSVMInfeasible
@@ -23,7 +24,7 @@ from lgrad.analysis.hessian import hvp as hvp
 from lgrad.analysis.hessian import lanczos as lanczos
 from lgrad.analysis.hessian import spectral_density as spectral_density
 
-__all__: list[str] = ["attribution"]
+__all__: list[str] = ["attribution", "inversion"]
 __all__ += ["attention_svm", "AttentionProblem", "AttSVMInfeasible", "AttSVMSolution", "att_svm"]
 __all__ += [
     "hessian",

@@ -17,6 +17,9 @@ One layer for every multi-worker algorithm (see ``docs/federated.md``):
 * FedSpeed (Sun et al. 2023): :func:`fedspeed`, :func:`fedspeed_client`,
   :func:`fedspeed_aggregator`; curricula: :func:`order_by_difficulty`,
   :func:`linear_pacing`, :func:`curriculum_training`, :func:`difficulty_selection`;
+* HyperFL (Guo et al. 2025): :func:`hyperfl`, :func:`hyperfl_client`; FZooS (Shu
+  et al. 2023) and the FedZO baseline: :func:`fzoos`, :func:`fzoos_client`,
+  :func:`fedzo_client`;
 * :func:`mean_over_workers`: the all-reduce of synchronous data-parallel training;
 * :func:`shard_workers` places worker-stacked inputs on a device mesh.
 """
@@ -31,6 +34,16 @@ from lgrad.federated._algorithm import rule_aggregator as rule_aggregator
 from lgrad.federated._algorithm import server_algorithm as server_algorithm
 from lgrad.federated._algorithm import shard_workers as shard_workers
 from lgrad.federated._algorithm import worker_algorithm as worker_algorithm
+from lgrad.federated._fzoos import FZooSClient as FZooSClient
+from lgrad.federated._fzoos import FZooSServer as FZooSServer
+from lgrad.federated._fzoos import fedzo_client as fedzo_client
+from lgrad.federated._fzoos import fzoos as fzoos
+from lgrad.federated._fzoos import fzoos_client as fzoos_client
+from lgrad.federated._hyperfl import HyperFLClient as HyperFLClient
+from lgrad.federated._hyperfl import HyperFLModel as HyperFLModel
+from lgrad.federated._hyperfl import hyperfl as hyperfl
+from lgrad.federated._hyperfl import hyperfl_client as hyperfl_client
+from lgrad.federated._hyperfl import hyperfl_client_states as hyperfl_client_states
 from lgrad.federated._curriculum import ORDERINGS as CURRICULUM_ORDERINGS
 from lgrad.federated._curriculum import curriculum_training as curriculum_training
 from lgrad.federated._curriculum import difficulty_selection as difficulty_selection
@@ -85,7 +98,17 @@ __all__ = [
     "fedspeed_aggregator",
     "fedspeed_client",
     "FedSpeedClientState",
+    "fedzo_client",
+    "fzoos",
+    "fzoos_client",
+    "FZooSClient",
+    "FZooSServer",
     "gossip_mix",
+    "hyperfl",
+    "hyperfl_client",
+    "hyperfl_client_states",
+    "HyperFLClient",
+    "HyperFLModel",
     "linear_pacing",
     "local_training",
     "mean_aggregator",
