@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from lgrad import _linalg
 from lgrad._validation import check_int
 from lgrad.federated._algorithm import ClientUpdate, FederatedAlgorithm, server_algorithm
 
@@ -100,8 +101,8 @@ def gp_fit(x: jax.Array, y: jax.Array, *, lengthscales: jax.Array, noise: float 
 
     def factor(ell):
         k = matern52(x, x, ell) * outer + (1.0 - outer) * eye + noise * eye
-        chol = jnp.linalg.cholesky(k)
-        alpha = jax.scipy.linalg.cho_solve((chol, True), ys)
+        chol = _linalg.cholesky(k)
+        alpha = _linalg.cho_solve(chol, ys)
         lml = -0.5 * ys @ alpha - jnp.sum(jnp.log(jnp.diag(chol)))
         return chol, alpha, jnp.where(jnp.isfinite(lml), lml, -jnp.inf)  # a failed factorisation never wins
 
@@ -126,7 +127,7 @@ def _gradient_variance(gp: GP, x: jax.Array, mask: jax.Array) -> jax.Array:
     """Trace of the posterior covariance of the gradient at ``x``, up to the constant prior
     term (which is the same for every candidate)."""
     jac = jax.jacfwd(lambda z: matern52(z[None], gp.x, gp.lengthscale)[0])(x) * mask[:, None]  # (n, d)
-    solved = jax.scipy.linalg.cho_solve((gp.chol, True), jac)
+    solved = _linalg.cho_solve(gp.chol, jac)
     return -jnp.sum(jac * solved)
 
 
@@ -144,7 +145,7 @@ def _rff_fit(x, y, mask, w, b):
     """Min-norm least squares of the min-max scaled ``y`` on the features, times the y range."""
     lo, span, ys = _scale(y, mask)
     phi = rff_features(x, w, b) * mask[:, None]
-    nu = phi.T @ jnp.linalg.solve(phi @ phi.T + 1e-8 * jnp.eye(phi.shape[0], dtype=phi.dtype), ys)
+    nu = phi.T @ _linalg.solve(phi @ phi.T + 1e-8 * jnp.eye(phi.shape[0], dtype=phi.dtype), ys)
     return nu * span
 
 

@@ -24,12 +24,11 @@ Expected: surrogate-gradient cosine >= 0.9 from a client's first 50 queries;
 F(with correction) <= F(without) after the same rounds; FZooS's F below FedZO's at
 equal query count (>= 3 seeds).
 
-Status: NOT REGISTERED (the package name starts with "_", so discovery skips it).
-Its SMOKE run completes, but the quick run hangs (the compiled round never
-finishes, every thread idle in ``block_until_ready``): at 3 rounds x 10 local
-steps and at 20 x 2 it hangs, at 1 x 10 and 3 x 2 it runs (see
-docs/papers/fzoos-surrogate.md). Rename to ``experiments/fzoos_surrogate`` once that is fixed.
-No claim has been measured at the quick or full size.
+Status: the quick run used to hang (the compiled round never finished, every
+thread idle): the per-client Gaussian processes factorise several kernel matrices
+at once under ``vmap``, and jaxlib 0.10's batched CPU LAPACK calls hang inside big
+jitted programs. The factorisations now run unbatched (``lgrad._linalg``,
+``sequential_vmap``); the quick run completes (167 s wall, 161 s CPU).
 
 Config history: the values below are the first ones run (no criterion or config
 value was changed after seeing a result).
