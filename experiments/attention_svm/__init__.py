@@ -1,4 +1,4 @@
-"""Attention's implicit bias toward the Att-SVM solution (PAPERS.md A1).
+"""Attention's implicit bias toward the Att-SVM solution (docs/papers/attention-svm.md).
 
 Paper: D. A. Tarzanagh, Y. Li, C. Thrampoulidis, S. Oymak, "Transformers as Support
 Vector Machines", arXiv:2308.16898 (2023): Theorems 2-5 and the "local convergence"

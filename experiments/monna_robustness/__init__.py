@@ -187,7 +187,7 @@ def _attack(name: str, cfg: dict[str, Any], rule, f: int):
     if not cfg["line_search"]:
         tau = cfg["alie_tau"] if name == "alie" else cfg["foe_tau"]
         return lambda h: base(h, tau)
-    if cfg["attack_space"] == "updates":  # before issue 24: the damage at node 0 only
+    if cfg["attack_space"] == "updates":  # our earlier attack model: the damage at node 0 only
         return lambda h: robust.attacks.line_search(base, lambda x: rule(x, 0), h, f, LS_GRID)[0]
 
     def damage_rule(x):  # the authors' eval_factor for CVA/NNA: the mean over the honest nodes' outputs

@@ -1,4 +1,4 @@
-"""Path dependence of local unlearning (PAPERS.md A4).
+"""Path dependence of local unlearning (docs/papers/unlearning-paths.md).
 
 Paper: Yu, He, Goyal, Arora, "On the Impossibility of Retrain Equivalence in Machine
 Unlearning", 2025 (arXiv 2510.16629): Sec. 3 (linear theory: the lemma

@@ -16,7 +16,7 @@ for t >= t0, with P_U the projection onto span(rows of X_U), sigma_U = sigma_min
 (the smallest singular value of X_test restricted to span(U), i.e. of X_test V_U with V_U an
 orthonormal basis of that span), rho* = <P_U Delta_0, M_U P_U Delta_0> / ||P_U Delta_0||^2.
 
-Why the bound holds and what t0 is (our derivation; PAPERS.md does not give t0): write
+Why the bound holds and what t0 is (our derivation, docs/papers/unlearning-paths.md#the-bound-and-t0): write
 X_test Delta_t = a_t + b with a_t = X_test P_U Delta_t and b = X_test (I - P_U) Delta_0 (the
 part orthogonal to span(U) never moves, since M_U annihilates it). Then
 ||a_t + b||^2 >= ||a_t||^2 / 4 whenever ||a_t|| >= 2 ||b||, and ||a_t|| >= sigma_U ||P_U Delta_t||

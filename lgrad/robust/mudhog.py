@@ -73,7 +73,7 @@ __all__ = [
 CLASSES = ("benign", "sign_flip", "additive_noise", "label_flip", "unreliable")
 DETECT_OPTIONS = ("start_round", "delay", "dbscan_eps", "dbscan_min_samples", "noise_ratio", "targeted_cos",
                   "unreliable_gap", "normalize_long")
-# our three guards (not in the authors' code): the values the experiment used before issue 24
+# our three guards (not in the authors' code): the values the experiment used before it followed the authors' server (docs/papers/mudhog-detection.md)
 GUARDS = {"noise_ratio": 2.0, "targeted_cos": 0.8, "unreliable_gap": 0.1}
 
 

@@ -8,7 +8,7 @@
   the default ``rtol = 1e-3``). A default call that returns unconverged values shows
   here (and warns when called eagerly) instead of passing silently.
 
-Not measured yet (issue 23, open): time to top-k within 1e-3 at ~1M parameters
+Not measured yet: time to top-k within 1e-3 at ~1M parameters
 against a converged long run and against PyHessian; the default does not restart, so
 convergence there needs a larger ``num_iters`` whose cost grows with its square.
 """
