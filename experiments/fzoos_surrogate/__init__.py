@@ -42,7 +42,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from lgrad import federated
-from lgrad.engine import Claim, RunContext, run_loop
+from lgrad.engine import Claim, RunContext
+from lgrad.train import run_loop
 from lgrad.engine.config import Float, Int
 from lgrad.federated._fzoos import LENGTHSCALES, FZooSServer, fedzo_client, fzoos, fzoos_client, gp_fit, gp_mean_grad
 

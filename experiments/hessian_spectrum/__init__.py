@@ -8,7 +8,7 @@ more seeds and larger Lanczos/SLQ models).
 Setup (the independent check recorded in docs/papers/hessian-spectrum.md): k Gaussian
 clusters in d=20 (means of norm 15 in random directions, unit noise, N=1000, cluster =
 class), 2-layer tanh MLPs, softmax cross-entropy, full-batch GD (lr 0.1, 300 steps
-through ``lgrad.engine.fit``), float64. At the small widths (10/20/40, 250-1,250
+through ``lgrad.train.fit``), float64. At the small widths (10/20/40, 250-1,250
 parameters) the exact Hessian is built and diagonalised, for ``seeds`` seeds (each seed
 draws its own mixture, fixed across widths); at the large widths (quick: 160, i.e.
 3,682-4,970 parameters for k = 2..10, more parameters than data points: the paper's
@@ -52,7 +52,8 @@ import numpy as np
 import optax
 
 from lgrad.analysis import hessian as hs
-from lgrad.engine import Claim, RunContext, fit
+from lgrad.engine import Claim, RunContext
+from lgrad.train import fit
 from lgrad.engine.config import Float, Int
 
 NAME = "hessian-spectrum"

@@ -53,7 +53,8 @@ from lgrad import federated
 from lgrad.analysis._inversion import infer_label, invert_gradients, matching_objective, psnr, ssim
 from lgrad.data import digits
 from lgrad.distributed.partition import dirichlet
-from lgrad.engine import Claim, RunContext, run_loop
+from lgrad.engine import Claim, RunContext
+from lgrad.train import run_loop
 from lgrad.engine.config import Float, Int
 from lgrad.federated._hyperfl import HyperFLClient, HyperFLModel, hyperfl, hyperfl_client_states
 

@@ -50,7 +50,8 @@ from flax import nnx
 
 from lgrad.bench import compiled_memory
 from lgrad.data import digits, mnist5k, train_test_split
-from lgrad.engine import Claim, RunContext, run_loop
+from lgrad.engine import Claim, RunContext
+from lgrad.train import run_loop
 from lgrad.engine.config import Choice, Float, Int
 from lgrad.local import LocalLearner
 from lgrad.local import models as M
