@@ -14,7 +14,7 @@ globally optimal tokens as d grows with n, T fixed.
 
 Protocol (the authors' local_converge notebook, re-implemented in JAX): every seed
 draws its own data set and initialisation; both parameterisations train side by side
-in one jitted ``lax.scan`` (``lgrad.engine.run_loop``), vmapped over seeds, in
+in one jitted ``lax.scan`` (``lgrad.train.run_loop``), vmapped over seeds, in
 float64, with W <- W - 0.1 g/(|g|_F + eps) (``optax.normalize_by_update_norm``; K
 and Q normalised separately; lambda = 2.22e-16 on (K, Q)). The SVM tokens are the
 largest-softmax tokens at the last iteration; the correlations are taken at every
