@@ -236,6 +236,15 @@ def sketch_auglag(
 ) -> AugLagResult:
     r"""Minimise ``f(params)`` subject to ``c(params) = 0`` (see the module docstring).
 
+    Example: the least-norm point on the hyperplane :math:`\sum_i x_i = 1`:
+
+    >>> import jax, jax.numpy as jnp
+    >>> from lgrad.solvers import sketch_auglag
+    >>> res = sketch_auglag(lambda x: jnp.sum(x**2), lambda x: jnp.array([jnp.sum(x) - 1.0]),
+    ...                     jnp.zeros(4), jnp.zeros(1), key=jax.random.PRNGKey(0))
+    >>> bool(res.converged), [round(float(v), 3) for v in res.params]
+    (True, [0.25, 0.25, 0.25, 0.25])
+
     ``c`` returns an ``(m,)`` vector; ``multipliers`` is the initial :math:`\lambda` (m,).
     ``solver``: ``"kaczmarz"``, ``"gaussian"`` (randomized sketches) or ``"exact"`` (an LU
     solve: the exact-Newton baseline). Stops when :math:`\|(\nabla_x\mathcal L, c)\| \le`

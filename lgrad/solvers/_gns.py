@@ -125,6 +125,15 @@ def gns_newton(
 ) -> GNSResult:
     r"""Minimise ``fun(params)`` by the GNS-regularised Newton method (see the module docstring).
 
+    Example (float64 recommended for tight tolerances):
+
+    >>> import jax, jax.numpy as jnp
+    >>> from lgrad.solvers import gns_newton
+    >>> f = lambda p: jnp.sum(jnp.logaddexp(0.0, p["w"])) + 0.5 * jnp.sum((p["w"] - 1.0) ** 2)
+    >>> res = gns_newton(f, {"w": jnp.zeros(3)}, tol=1e-4)  # float32: the default 1e-6 needs float64
+    >>> bool(res.converged)
+    True
+
     ``curvature``: ``"exact"`` (HVPs of ``fun``) or ``params -> LinearOperator`` (e.g.
     ``lambda p: gauss_newton_operator(predict, p, batch, loss="mse")`` or
     ``lambda p: matrix_operator(bound)``); its flat order must be ``ravel_pytree``'s (true
