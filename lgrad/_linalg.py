@@ -12,7 +12,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-__all__ = ["cholesky", "cho_solve", "solve"]
+__all__ = ["cholesky", "cho_solve", "solve", "spd_solve"]
 
 
 @jax.custom_batching.sequential_vmap
@@ -32,3 +32,8 @@ def solve(a: jax.Array, b: jax.Array) -> jax.Array:
     """``a^{-1} b`` for a general square ``a``."""
     return jnp.linalg.solve(a, b)
 
+
+@jax.custom_batching.sequential_vmap
+def spd_solve(a: jax.Array, b: jax.Array) -> jax.Array:
+    """``a^{-1} b`` for a symmetric positive definite ``a`` (the ridge layer's solve)."""
+    return jax.scipy.linalg.solve(a, b, assume_a="pos")

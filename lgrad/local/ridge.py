@@ -18,18 +18,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from lgrad._linalg import spd_solve as _spd_solve  # unbatched under vmap (jaxlib's batched solve hangs)
 from lgrad._validation import check_positive
 
 __all__ = ["ridge_solve"]
-
-
-@jax.custom_batching.sequential_vmap
-def _spd_solve(gram: jax.Array, rhs: jax.Array) -> jax.Array:
-    # Under vmap this runs as a loop of unbatched solves. jaxlib 0.10's CPU LAPACK call,
-    # batched (>= 2 systems of size >= ~200) inside a larger jitted program, was seen
-    # to hang (grokking-scaling's vmapped cells) (idle, never returning) on this project's machines; unbatched it is fine
-    # and costs the same flops.
-    return jax.scipy.linalg.solve(gram, rhs, assume_a="pos")
 
 
 def ridge_solve(
