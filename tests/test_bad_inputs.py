@@ -147,11 +147,20 @@ def test_unwritable_out_is_refused(results, capfd):
 
 
 def _stub(monkeypatch, run):
-    """Replace the experiment's ``run`` in the registry's cached table."""
+    """Replace the experiment's ``measure`` (and ``claims``) in the registry's cached
+    table by ``run(config, ctx) -> list[Claim]``: its claims travel in the measurements."""
     import dataclasses
 
+    from lgrad.engine import Claim
+
+    def measure(config, ctx):
+        return {"claims": [c.to_dict() for c in run(config, ctx)]}
+
+    def claims(m, config):
+        return [Claim(**c) for c in m["claims"]]
+
     table = discover()
-    monkeypatch.setitem(table, EXP, dataclasses.replace(table[EXP], run=run))
+    monkeypatch.setitem(table, EXP, dataclasses.replace(table[EXP], measure=measure, claims=claims))
 
 
 def test_a_finished_run_replaces_the_folder_and_keeps_the_sweep(tmp_path, monkeypatch, capfd):

@@ -110,7 +110,8 @@ def test_registry_finds_the_fixture_and_its_x64_flag(fixture_experiment):
 
 def _module(**attrs):
     m = types.ModuleType("fake_experiment")
-    base = dict(NAME="fake", PAPER="p", CONFIGS={"quick": {"seed": 0, "lr": 0.1, "steps": 3, "kind": "a"}, "full": {"seed": 0, "lr": 0.1, "steps": 3, "kind": "a"}}, run=lambda c, ctx: [])
+    base = dict(NAME="fake", PAPER="p", CONFIGS={"quick": {"seed": 0, "lr": 0.1, "steps": 3, "kind": "a"}, "full": {"seed": 0, "lr": 0.1, "steps": 3, "kind": "a"}},
+                CRITERIA={"tol": 0.1}, measure=lambda c, ctx: {}, claims=lambda m, c: [])
     for k, v in {**base, **attrs}.items():
         setattr(m, k, v)
     return m
@@ -132,9 +133,16 @@ def _cell(static, hp, key):
         (dict(train_cell=3), "train_cell must be callable"),
         (dict(X64=1), "X64 must be True or False"),
         (dict(X64=True, SWEEP_X64=False), "SWEEP_X64 (the former name of X64) is False but X64 is True"),
+        (dict(CRITERIA=[0.1]), "CRITERIA must be a dict of threshold name -> number, got list"),
+        (dict(CRITERIA={"tol": "0.1"}), "CRITERIA['tol'] must be a number under a string key, got '0.1'"),
+        (dict(CRITERIA={"tol": True}), "CRITERIA['tol'] must be a number under a string key, got True"),
+        (dict(measure=lambda c: {}), "measure must take (config, ctx)"),
+        (dict(claims=lambda m, c, extra: []), "claims must take (measurements, config)"),
+        (dict(claims=3), "claims must be callable, got int"),
+        (dict(run=lambda c, ctx: []), "define measure and claims, not run"),
     ],
 )
-def test_registry_checks_the_sweep_protocol_at_discovery(attrs, message):
+def test_registry_checks_the_contract_and_sweep_protocol_at_discovery(attrs, message):
     from lgrad.engine.registry import _load
 
     with pytest.raises(TypeError) as e:
@@ -147,6 +155,18 @@ def test_x64_runs_the_experiment_in_float64():
 
     from lgrad.engine.registry import _load
 
-    exp = _load(_module(X64=True, run=lambda c, ctx: [jnp.zeros(1).dtype]))
-    assert exp.x64 and exp.run({}, None) == [jnp.float64]
-    assert _load(_module(run=lambda c, ctx: [jnp.zeros(1).dtype])).run({}, None) == [jnp.float32]
+    def measure(config, ctx):
+        return {"dtype": str(jnp.zeros(1).dtype)}
+
+    exp = _load(_module(X64=True, measure=measure, claims=lambda m, c: [m["dtype"]]))
+    assert exp.x64 and exp.run({}, None) == ["float64"]
+    assert _load(_module(measure=measure, claims=lambda m, c: [m["dtype"]])).run({}, None) == ["float32"]
+
+
+def test_a_module_missing_the_contract_is_named():
+    from lgrad.engine.registry import _load
+
+    m = _module()
+    del m.claims, m.CRITERIA
+    with pytest.raises(TypeError, match="lacks CRITERIA, claims"):
+        _load(m)

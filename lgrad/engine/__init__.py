@@ -13,6 +13,7 @@ from lgrad.engine.registry import get as get_experiment
 from lgrad.engine.runner import Result as Result
 from lgrad.engine.runner import RunContext as RunContext
 from lgrad.engine.runner import check_writable as check_writable
+from lgrad.engine.runner import reevaluate as reevaluate
 from lgrad.engine.runner import run_experiment as run_experiment
 from lgrad.train import FitResult as FitResult
 from lgrad.train import TrainState as TrainState
@@ -35,6 +36,7 @@ __all__ = [
     "discover",
     "fit",
     "get_experiment",
+    "reevaluate",
     "run_experiment",
     "run_loop",
 ]

@@ -7,12 +7,13 @@ quantity the paper states qualitatively; it has no criterion and ``passed`` is N
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from typing import Any
 
 import numpy as np
 
-__all__ = ["Claim", "to_jsonable"]
+__all__ = ["Claim", "from_jsonable", "json_roundtrip", "to_jsonable"]
 
 
 def to_jsonable(x: Any) -> Any:
@@ -29,6 +30,28 @@ def to_jsonable(x: Any) -> Any:
     if isinstance(x, float) and not math.isfinite(x):
         return str(x)  # JSON has no NaN/Inf; keep it visible rather than silently null
     return x
+
+
+_NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+
+
+def from_jsonable(x: Any) -> Any:
+    """Inverse of :func:`to_jsonable` for what JSON cannot hold: the strings ``"nan"``,
+    ``"inf"`` and ``"-inf"`` (nested in lists/dicts) become floats again."""
+    if isinstance(x, dict):
+        return {k: from_jsonable(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [from_jsonable(v) for v in x]
+    if isinstance(x, str) and x in _NON_FINITE:
+        return _NON_FINITE[x]
+    return x
+
+
+def json_roundtrip(x: Any) -> Any:
+    """``x`` as it reads back from ``result.json``: dicts with string keys, lists,
+    Python numbers and strings (non-finite floats kept as floats). What an
+    experiment's ``claims`` receives, so its claims can be re-evaluated from a file."""
+    return from_jsonable(json.loads(json.dumps(to_jsonable(x))))
 
 
 def _num(x: Any) -> float:

@@ -11,11 +11,20 @@ An experiment module defines:
 ``PAPER``     the paper it reproduces (title, authors, year),
 ``CONFIGS``   ``{"quick": {...}, "full": {...}}`` flat dicts of JSON values (with ``seed``),
 ``SMOKE``     overrides of ``quick`` that make a seconds-long run for the test suite,
-``run(config, ctx) -> list[Claim]``  the measurement, using ``ctx`` for metrics and plots.
+``CRITERIA``  ``{name: number}``: every threshold the claims use, in one table next to
+              ``EXPECTED`` (a criterion changed after seeing a result is disclosed in
+              the experiment's ``docs/papers`` page),
+``measure(config, ctx) -> dict``  trains and measures (``ctx`` logs metrics, draws
+              progress and saves plots); returns the measurements, JSON values or
+              arrays (kept small: they are stored in ``result.json``),
+``claims(measurements, config) -> list[Claim]``  pure: the claims computed from the
+              measurements (as read back from JSON) and ``CRITERIA`` only, so a stored
+              run's claims can be re-evaluated without training
+              (:func:`lgrad.engine.runner.reevaluate`).
 
 Optional: ``DESCRIPTION`` (one line), ``EXPECTED`` (the expected result, one line) and
 
-``X64 = True``  the one way to ask for float64: the engine runs ``run`` (and
+``X64 = True``  the one way to ask for float64: the engine runs ``measure`` (and
                 ``lgrad.sweep`` traces ``train_cell``) under ``jax.enable_x64``.
 
 The batched-sweep opt-in (see :mod:`lgrad.sweep.runner`) is checked here, at
@@ -29,6 +38,7 @@ import dataclasses
 import functools
 import importlib
 import importlib.metadata
+import inspect
 import os
 import pkgutil
 import sys
@@ -41,6 +51,7 @@ MODES = ("quick", "full")
 ENTRY_POINT_GROUP = "lgrad.experiments"
 ENV_VAR = "LGRAD_EXPERIMENTS"
 _SWEEP_NAMES = ("SWEEPABLE", "SWEEP_METRIC", "sweep_claims")
+_CONTRACT = ("NAME", "PAPER", "CONFIGS", "CRITERIA", "measure", "claims")
 
 
 class UnknownExperiment(KeyError):
@@ -61,10 +72,18 @@ class Experiment:
     expected: str
     configs: dict[str, dict[str, Any]]
     smoke: dict[str, Any]
-    run: Callable[..., Any]
+    measure: Callable[..., Any]
+    claims: Callable[..., Any]
+    criteria: dict[str, Any]
     module: ModuleType
     x64: bool = False  # run (and sweep cells) under jax.enable_x64
     sweepable: tuple[str, ...] = ()  # the batched-sweep keys (empty: no train_cell)
+
+    def run(self, config: dict[str, Any], ctx: Any) -> list[Any]:
+        """``claims(measure(config, ctx), config)``, the measurements passed through JSON."""
+        from lgrad.engine.claims import json_roundtrip
+
+        return list(self.claims(json_roundtrip(self.measure(config, ctx)), config))
 
     def config(self, mode: str) -> dict[str, Any]:
         if mode not in self.configs:
@@ -120,10 +139,31 @@ def _sweep_protocol(module: ModuleType, name: str, quick: dict[str, Any]) -> tup
     return tuple(keys)
 
 
-def _load(module: ModuleType) -> Experiment:
-    missing = [a for a in ("NAME", "PAPER", "CONFIGS", "run") if not hasattr(module, a)]
-    if missing:
-        raise TypeError(f"experiment module {module.__name__} lacks {', '.join(missing)}")
+def _criteria(module: ModuleType, name: str) -> dict[str, Any]:
+    table = module.CRITERIA
+    if not isinstance(table, dict):
+        raise TypeError(f"experiment {name}: CRITERIA must be a dict of threshold name -> number, got {type(table).__name__}")
+    for k, v in table.items():
+        if not isinstance(k, str) or isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise TypeError(f"experiment {name}: CRITERIA[{k!r}] must be a number under a string key, got {v!r}")
+    return dict(table)
+
+
+def _check_signature(fn: Any, name: str, attr: str, params: tuple[str, str]) -> None:
+    if not callable(fn):
+        raise TypeError(f"experiment {name}: {attr} must be callable, got {type(fn).__name__}")
+    try:
+        inspect.signature(fn).bind(None, None)
+    except TypeError:
+        raise TypeError(f"experiment {name}: {attr} must take ({', '.join(params)})") from None
+    except ValueError:  # builtins without a signature: trust them
+        pass
+
+
+_ALLOW_LEGACY_RUN = True  # TRANSITION: experiments still defining run(config, ctx); removed once all are converted
+
+
+def _build(module: ModuleType, measure: Callable[..., Any], claims: Callable[..., Any], criteria: dict[str, Any]) -> Experiment:
     configs = dict(module.CONFIGS)
     for mode in MODES:
         if mode not in configs:
@@ -131,7 +171,6 @@ def _load(module: ModuleType) -> Experiment:
         if set(configs[mode]) != set(configs["quick"]):
             raise TypeError(f"experiment {module.NAME}: quick and {mode} configs must have the same keys")
     x64 = _x64(module, module.NAME)
-    sweepable = _sweep_protocol(module, module.NAME, configs["quick"])
     return Experiment(
         name=module.NAME,
         paper=module.PAPER,
@@ -139,11 +178,40 @@ def _load(module: ModuleType) -> Experiment:
         expected=getattr(module, "EXPECTED", ""),
         configs=configs,
         smoke=dict(getattr(module, "SMOKE", {})),
-        run=_with_x64(module.run) if x64 else module.run,
+        measure=_with_x64(measure) if x64 else measure,
+        claims=claims,
+        criteria=criteria,
         module=module,
         x64=x64,
-        sweepable=sweepable,
+        sweepable=_sweep_protocol(module, module.NAME, configs["quick"]),
     )
+
+
+def _legacy(module: ModuleType) -> Experiment:
+    """TRANSITION: a module with ``run``; its claims travel inside the measurements."""
+    from lgrad.engine.claims import Claim
+
+    def claims(m: dict[str, Any], config: dict[str, Any]) -> list[Any]:
+        return [Claim(**c) for c in m["__claims__"]]
+
+    def measure(config: dict[str, Any], ctx: Any) -> dict[str, Any]:
+        return {"__claims__": [c.to_dict() for c in module.run(config, ctx)]}
+
+    return _build(module, measure, claims, dict(getattr(module, "CRITERIA", {})))
+
+
+def _load(module: ModuleType) -> Experiment:
+    if _ALLOW_LEGACY_RUN and hasattr(module, "run") and not hasattr(module, "measure") and hasattr(module, "NAME"):
+        return _legacy(module)
+    missing = [a for a in _CONTRACT if not hasattr(module, a)]
+    if missing:
+        legacy = " (run(config, ctx) is now measure(config, ctx) + claims(measurements, config))" if hasattr(module, "run") else ""
+        raise TypeError(f"experiment module {module.__name__} lacks {', '.join(missing)}{legacy}")
+    if hasattr(module, "run"):
+        raise TypeError(f"experiment {module.NAME}: define measure and claims, not run (the engine composes them)")
+    _check_signature(module.measure, module.NAME, "measure", ("config", "ctx"))
+    _check_signature(module.claims, module.NAME, "claims", ("measurements", "config"))
+    return _build(module, module.measure, module.claims, _criteria(module, module.NAME))
 
 
 def experiment_packages() -> list[str]:

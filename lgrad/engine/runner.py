@@ -13,12 +13,15 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
-from lgrad.engine.claims import Claim, to_jsonable
+from lgrad.engine.claims import Claim, from_jsonable, json_roundtrip, to_jsonable
 from lgrad.engine.config import ConfigError, apply_overrides, validate_config
 from lgrad.engine.environment import environment
 from lgrad.engine.registry import Experiment, get
 
-__all__ = ["RunContext", "Result", "atomic_dir", "check_writable", "experiment_config", "replace_dir", "run_experiment"]
+__all__ = [
+    "RunContext", "Result", "atomic_dir", "check_writable", "evaluate_claims", "experiment_config", "reevaluate", "replace_dir",
+    "run_experiment",
+]
 
 # Temporary folders of runs in progress: an interrupt that cannot wait for the run
 # to unwind (see lgrad.cli.interrupt) removes them; the swap into place holds SWAP_LOCK.
@@ -151,9 +154,10 @@ class Result:
     config: dict[str, Any]
     environment: dict[str, Any]
     out_dir: Path
+    measurements: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "name": self.name,
             "paper": self.paper,
             "mode": self.mode,
@@ -162,6 +166,9 @@ class Result:
             "config": to_jsonable(self.config),
             "environment": self.environment,
         }
+        if "__claims__" not in self.measurements:  # TRANSITION: legacy run() experiments have none
+            out["measurements"] = to_jsonable(self.measurements)
+        return out
 
     @property
     def failed(self) -> list[Claim]:
@@ -265,6 +272,30 @@ def _checkpoint_session(exp: Experiment, mode: str, config: dict, out_dir: Path,
     )
 
 
+def evaluate_claims(exp: Experiment, measurements: Any, config: Mapping[str, Any]) -> list[Claim]:
+    """``exp.claims(measurements, config)``, checked to be a non-empty list of Claims."""
+    if not isinstance(measurements, dict):
+        raise TypeError(f"{exp.name}.measure must return a dict of measurements, got {type(measurements).__name__}")
+    claims = list(exp.claims(measurements, dict(config)))
+    for c in claims:
+        if not isinstance(c, Claim):
+            raise TypeError(f"{exp.name}.claims must return Claims, got {type(c).__name__}")
+    return claims
+
+
+def reevaluate(name: str, out: str | os.PathLike = "results") -> tuple[list[Claim], list[Claim]]:
+    """The claims stored in ``<out>/<name>/result.json`` and the same claims computed
+    again from its stored measurements with the current ``claims``/``CRITERIA``
+    (no training). Equal lists mean the stored verdicts follow from the code."""
+    exp = get(name)
+    path = Path(out) / exp.name / "result.json"
+    data = json.loads(path.read_text())
+    if "measurements" not in data:
+        raise ValueError(f"{path} holds no measurements (written before measure/claims); run it again")
+    stored = [Claim(**c) for c in data["claims"]]
+    return stored, evaluate_claims(exp, from_jsonable(data["measurements"]), data["config"])
+
+
 def run_experiment(
     name: str,
     mode: str = "quick",
@@ -310,12 +341,10 @@ def run_experiment(
                 _variants=[variant] if variant else [],
             )
             with session.activate() if session is not None else contextlib.nullcontext():
-                claims = list(exp.run(config, ctx))
+                measurements = json_roundtrip(exp.measure(config, ctx))
         runtime = time.perf_counter() - start
-        for c in claims:
-            if not isinstance(c, Claim):
-                raise TypeError(f"{exp.name}.run must return Claims, got {type(c).__name__}")
-        result = Result(exp.name, exp.paper, mode, claims, runtime, config, environment(), out_dir)
+        claims = evaluate_claims(exp, measurements, config)
+        result = Result(exp.name, exp.paper, mode, claims, runtime, config, environment(), out_dir, measurements)
         (tmp / "result.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
         if session is not None:
             if session.loops == 0:
