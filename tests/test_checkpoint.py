@@ -162,11 +162,3 @@ def test_cli_resume_mismatch_is_one_line(tmp_path, capsys, fixture_experiment):
     rc = main(["run", name, "--resume", "--out", str(tmp_path), "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 2 and "different config" in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
-
-
-def test_legacy_checkpoint_module_is_the_same():
-    import lgrad.checkpoint as legacy
-    import lgrad.train.checkpoint as ckpt
-
-    assert legacy.LoopCheckpoint is ckpt.LoopCheckpoint and legacy.CheckpointMismatch is ckpt.CheckpointMismatch
-    assert issubclass(ckpt.CheckpointMismatch, ValueError)
