@@ -31,7 +31,7 @@ controls ~0.85; the share of problems whose GD tokens are the global ones rises 
 
 Claims and spread (issue "fidelity", docs/papers/attention-svm.md): every correlation
 claim is a mean over seeds with its spread (std, median, 10th percentile, worst seed,
-share below 0.99) in ``measured``; the thresholds (``THRESHOLDS``) apply to the mean, as
+share below 0.99) in ``measured``; the thresholds (``CRITERIA``) apply to the mean, as
 the paper's evidence is mean curves over its runs (its theorems give per-run convergence
 only as iterations grow, so a late seed is not a counterexample). Before this change the
 same numbers were reported as a bare mean with the spread in the note; the verdicts did
@@ -54,7 +54,8 @@ PAPER = "Tarzanagh, Li, Thrampoulidis, Oymak 2023, Transformers as Support Vecto
 DESCRIPTION = "Normalised GD on 1-layer attention: W -> Frobenius Att-SVM, (K,Q) -> nuclear Att-SVM; global tokens vs d."
 EXPECTED = "mean corr(W, W_fro) >= 0.99 at it. 1000; mean corr(K^T Q, W_nuc) >= 0.98 at it. 1500; own norm >= 0.05 closer."
 # The claims' thresholds (applied to the mean over seeds; the spread is reported beside it).
-THRESHOLDS = {"W-fro-svm": 0.99, "KQ-nuc-svm": 0.98, "prefers-own-norm": 0.05, "svm-constraints": 1 - 1e-6}
+CRITERIA = {"W-fro-svm": 0.99, "KQ-nuc-svm": 0.98, "prefers-own-norm": 0.05, "svm-constraints": 1 - 1e-6}
+X64 = True  # the engine runs measure under jax.enable_x64 (float64 throughout)
 
 _COMMON = dict(
     seed=0,
@@ -109,9 +110,6 @@ def memory_estimate(cfg: dict[str, Any]) -> int:
     return main + sweep
 
 
-def run(config: dict[str, Any], ctx: RunContext) -> list[Claim]:
-    with jax.enable_x64(True):
-        return _run(config, ctx)
 
 
 def _problems(key, seeds, n, T, d):
@@ -135,14 +133,16 @@ def _solve(cache, p, opt, norm):
     return cache[key]
 
 
-def _run(cfg: dict[str, Any], ctx: RunContext) -> list[Claim]:
-    check_config(cfg)
-    k_main, k_sweep = jax.random.split(jax.random.PRNGKey(cfg["seed"]))
-    with ctx.variant(f"d={cfg['d']}, {cfg['seeds']} seeds"):
-        local = _local_convergence(cfg, ctx, k_main)
+def measure(config: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
+    """Both settings' summaries: ``local`` (correlation spreads at the check points, SVM
+    solve counts, token-optimality shares) and ``sweep`` (one row per d)."""
+    check_config(config)
+    k_main, k_sweep = jax.random.split(jax.random.PRNGKey(config["seed"]))
+    with ctx.variant(f"d={config['d']}, {config['seeds']} seeds"):
+        local = _local_convergence(config, ctx, k_main)
     with ctx.variant("d sweep"):
-        sweep = _overparam_sweep(cfg, ctx, k_sweep)
-    return _claims(cfg, local, sweep)
+        sweep = _overparam_sweep(config, ctx, k_sweep)
+    return {"local": local, "sweep": sweep}
 
 
 def _svm_curves(cfg, ctx, prob, res, S):
@@ -211,7 +211,11 @@ def _local_convergence(cfg, ctx, key) -> dict[str, Any]:
     ctx.log("local", stats=stats, diffs=diffs, final_maxprob=final_maxprob, svm_min_margin=sv["min_margin"],
             svm_infeasible=sv["infeasible"], fro_polished=sv["polished"])
     _plot_curves(ctx, it, curves, cfg, S)
-    return dict(stats=stats, diffs=diffs, final_maxprob=final_maxprob, **sv)
+    shares = {"locally_optimal_W": float(np.mean(sv["local_W"])) if sv["local_W"] else float("nan"),
+              "globally_optimal_W": float(np.mean(sv["global_W"])), "globally_optimal_KQ": float(np.mean(sv["global_KQ"])),
+              "same_tokens_W_KQ": float(np.mean(sv["same"]))}
+    counts = {k: sv[k] for k in ("min_margin", "infeasible", "polished", "n_solves")}
+    return dict(stats=stats, diffs=diffs, final_maxprob=final_maxprob, token_shares=shares, **counts)
 
 
 def _overparam_sweep(cfg, ctx, key) -> list[dict[str, Any]]:
@@ -264,9 +268,11 @@ def _rounded(d: dict[str, float]) -> dict[str, float]:
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in d.items()}
 
 
-def _claims(cfg, local, sweep) -> list[Claim]:
+def claims(measurements: dict[str, Any], config: dict[str, Any]) -> list[Claim]:
+    """The claims from :func:`measure`'s summaries and ``CRITERIA`` (thresholds on the seed means)."""
+    cfg, local, sweep = config, measurements["local"], measurements["sweep"]
     S, st, df = cfg["seeds"], local["stats"], local["diffs"]
-    th = THRESHOLDS
+    th = CRITERIA
     late = (f"the same seeds at the last iteration ({cfg['steps']}): W mean {st['W-fro-last']['mean']:.4f}, "
             f"worst {st['W-fro-last']['worst']:.4f}; K^T Q mean {st['KQ-nuc-last']['mean']:.4f}, "
             f"worst {st['KQ-nuc-last']['worst']:.4f}")
@@ -295,10 +301,7 @@ def _claims(cfg, local, sweep) -> list[Claim]:
                             f"precision by the active-set KKT solve; {local['infeasible']} infeasible"),
         Claim.finding("token-optimality", f"share of the {S} seeds (d = {cfg['d']}) whose GD-selected tokens are locally "
                       "optimal (Def. 2, W model) / globally optimal (W, K^T Q) / the same for W and (K, Q)",
-                      {"locally_optimal_W": float(np.mean(local["local_W"])) if local["local_W"] else float("nan"),
-                       "globally_optimal_W": float(np.mean(local["global_W"])),
-                       "globally_optimal_KQ": float(np.mean(local["global_KQ"])),
-                       "same_tokens_W_KQ": float(np.mean(local["same"])), "final_mean_max_softmax": local["final_maxprob"]},
+                      {**local["token_shares"], "final_mean_max_softmax": local["final_maxprob"]},
                       note="the paper's theory: GD converges to locally optimal tokens, not necessarily global ones"),
         Claim.finding("overparam-global", f"fraction of {cfg['sweep_problems']} random problems (n={cfg['n']}, "
                       f"T={cfg['T']}) where GD ({cfg['sweep_steps']} steps) ends on the globally optimal tokens, by d; "
