@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 from lgrad.analysis._inversion import (
+    gifd_radii,
+    gifd_search,
     gradient_cosine_loss,
     infer_label,
     invert_gradients,
@@ -123,3 +125,90 @@ def test_invert_gradients_recovers_a_linear_layer_input():
         invert_gradients(obj, x, steps=0)
     with pytest.raises(ValueError, match="tv_weight"):
         matching_objective(lambda v: v, x, image_fn=lambda v: v, tv_weight=-1.0)
+
+
+# ----------------------------------------------------------------------------- GIFD
+def _duchi_numpy(v, r):
+    """Duchi et al. (2008), Figure 1, written out in numpy (float64)."""
+    v = np.asarray(v, np.float64).ravel()
+    if np.abs(v).sum() <= r:
+        return v
+    if r == 0:  # the ball is {0} (Duchi et al. assume r > 0)
+        return np.zeros_like(v)
+    mu = np.sort(np.abs(v))[::-1]
+    css = np.cumsum(mu)
+    rho = np.nonzero(mu - (css - r) / np.arange(1, v.size + 1) > 0)[0][-1]
+    theta = (css[rho] - r) / (rho + 1.0)
+    return np.sign(v) * np.maximum(np.abs(v) - theta, 0.0)
+
+
+@pytest.mark.parametrize("shape,r", [((7,), 0.3), ((4, 5), 2.0), ((3, 2, 2), 5.5), ((30,), 0.0), ((6,), 1e3)])
+def test_l1_ball_projection_matches_duchi_numpy(shape, r):
+    v = np.random.default_rng(6).normal(size=shape).astype(np.float32)
+    v[0] = v[1] if v.ndim == 1 else v[0]  # ties in |v|
+    p = np.asarray(project_l1_ball(jnp.asarray(v), r))
+    assert p.shape == v.shape
+    np.testing.assert_allclose(p.ravel(), _duchi_numpy(v, r), atol=1e-5)
+    assert np.abs(p).sum() <= r + 1e-4
+    inside = v * (0.9 * r / max(np.abs(v).sum(), 1e-9))
+    np.testing.assert_array_equal(np.asarray(project_l1_ball(jnp.asarray(inside), r)), inside)
+    with pytest.raises(ValueError, match="radius"):
+        project_l1_ball(jnp.asarray(v), -1.0)
+
+
+def test_gifd_radii_keep_the_per_element_budget():
+    assert gifd_radii([8192]) == [1000.0]
+    np.testing.assert_allclose(gifd_radii([8192, 8192, 8192]), [1000.0, 4250.0, 7500.0])
+    np.testing.assert_allclose(gifd_radii([32, 64]), [1000.0 * 32 / 8192, 7500.0 * 64 / 8192])
+    with pytest.raises(ValueError, match="feature_sizes"):
+        gifd_radii([])
+    with pytest.raises(ValueError, match="first"):
+        gifd_radii([4], first=2.0, last=1.0)
+
+
+def _tiny_gifd_problem():
+    """A 3-stage random generator (2 -> 6 -> 8 -> 16 pixels) and a dense-layer model."""
+    keys = jax.random.split(jax.random.PRNGKey(7), 5)
+    dense = lambda k, i, o: {"w": jax.random.normal(k, (i, o)) / np.sqrt(i), "b": jnp.zeros(o)}  # noqa: E731
+    stages = [lambda p, h: jnp.tanh(h @ p["w"] + p["b"]), lambda p, h: jnp.tanh(h @ p["w"] + p["b"]),
+              lambda p, h: jax.nn.sigmoid(h @ p["w"] + p["b"])]
+    gp = [dense(keys[0], 2, 6), dense(keys[1], 6, 8), dense(keys[2], 8, 16)]
+    model = dense(keys[3], 16, 3)
+    grads = lambda x: jax.grad(lambda q: -jax.nn.log_softmax(x @ q["w"] + q["b"])[1])(model)  # noqa: E731
+    x_true = jax.random.uniform(keys[4], (16,))  # not in the generator's range
+    return stages, gp, grads, x_true
+
+
+def test_gifd_search_reduces_the_matching_loss():
+    stages, gp, grads, x_true = _tiny_gifd_problem()
+    z0 = jnp.zeros(2)
+    img = lambda x: x.reshape(4, 4)  # noqa: E731
+    obj = matching_objective(grads, grads(x_true), image_fn=img)
+    run = jax.jit(lambda z: gifd_search(grads, grads(x_true), stages, gp, z, radii=[1.0, 2.0], image_fn=img,
+                                        latent_steps=60, feature_steps=60, learning_rate=0.05))
+    res = run(z0)
+    start = float(obj(stages[2](gp[2], stages[1](gp[1], stages[0](gp[0], z0)))))
+    assert res.images.shape == (3, 16) and res.losses.shape == (3,) and res.skipped.shape == (3,)
+    assert float(res.losses[0]) < start  # the latent search
+    assert float(res.losses[2]) < float(res.losses[0])  # the feature searches go further
+    assert int(res.best) == int(np.argmin(np.asarray(res.losses)))
+    np.testing.assert_allclose(float(obj(res.image)), float(np.min(np.asarray(res.losses))), rtol=1e-5)
+    np.testing.assert_allclose(res.latent_image, res.images[0])
+
+
+def test_gifd_search_validates():
+    stages, gp, grads, x_true = _tiny_gifd_problem()
+    kw = dict(radii=[1.0, 2.0], image_fn=lambda x: x.reshape(4, 4), latent_steps=2, feature_steps=2)
+    g = grads(x_true)
+    with pytest.raises(ValueError, match="at least 2 stages"):
+        gifd_search(grads, g, stages[:1], gp[:1], jnp.zeros(2), **{**kw, "radii": []})
+    with pytest.raises(ValueError, match="stage_params"):
+        gifd_search(grads, g, stages, gp[:2], jnp.zeros(2), **kw)
+    with pytest.raises(ValueError, match="radii must have"):
+        gifd_search(grads, g, stages, gp, jnp.zeros(2), **{**kw, "radii": [1.0]})
+    with pytest.raises(ValueError, match="radii must be > 0"):
+        gifd_search(grads, g, stages, gp, jnp.zeros(2), **{**kw, "radii": [1.0, 0.0]})
+    with pytest.raises(ValueError, match="latent_steps"):
+        gifd_search(grads, g, stages, gp, jnp.zeros(2), **{**kw, "latent_steps": 0})
+    with pytest.raises(ValueError, match="feature_steps"):
+        gifd_search(grads, g, stages, gp, jnp.zeros(2), **{**kw, "feature_steps": 0})
