@@ -101,13 +101,13 @@ def test_boundary_interval_and_open_ends():
 
     mult = np.array([0.6, 0.8, 1.0, 1.2])
     test = np.array([[0.0, 0.0], [1.0, 0.2], [1.0, 1.0], [1.0, 0.99]])
-    b = _boundary(mult, test, 0.3)
+    b = _boundary(mult, test, 0.3, 0.95)
     assert b["largest_failing_multiple"] == 0.8 and b["smallest_generalising_multiple"] == 1.0
     np.testing.assert_allclose(b["fraction_interval"], [0.24, 0.3])
-    none = _boundary(mult, np.zeros((4, 2)), 0.3)
+    none = _boundary(mult, np.zeros((4, 2)), 0.3, 0.95)
     assert none["smallest_generalising_multiple"] is None and none["fraction_interval"] == [0.36, None]
     # a failing top multiple: the generalising run below it does not count as a boundary
-    dip = _boundary(mult, np.array([[0.0] * 2, [1.0] * 2, [1.0] * 2, [0.5] * 2]), 0.3)
+    dip = _boundary(mult, np.array([[0.0] * 2, [1.0] * 2, [1.0] * 2, [0.5] * 2]), 0.3, 0.95)
     assert dip["smallest_generalising_multiple"] is None
 
 
@@ -116,7 +116,9 @@ def _intervals(fractions, width=1.2):
 
 
 def test_law_comparison_can_fail_and_pass():
-    from experiments.grokking_scaling import LAW_MARGIN, _compare_hypotheses
+    from experiments.grokking_scaling import CRITERIA, _compare_hypotheses
+
+    LAW_MARGIN = CRITERIA["law_margin"]
 
     ms = [23, 37, 53]
     law = _compare_hypotheses(_intervals({m: 2.7 * np.log(m) / m for m in ms}))
@@ -128,3 +130,27 @@ def test_law_comparison_can_fail_and_pass():
     open_top = _intervals({m: 0.3 for m in ms})
     open_top[53]["fraction_interval"] = [0.3, None]
     assert _compare_hypotheses(open_top)["advantage_of_law"] < LAW_MARGIN
+
+
+def test_claims_from_hand_made_measurements():
+    """``claims`` alone, on measurements as read back from JSON: M = 13, 31, 97 memorise
+    at 0.6x, generalise from 1.25x (a boundary at a fixed multiple follows the law)."""
+    from experiments.grokking_scaling import claims
+
+    config = dict(CONFIGS["quick"], moduli=[13, 31, 97], multiples=[0.6, 1.0, 1.25, 1.5], n_seeds=2)
+    test = [[0.0, 0.03125], [0.5, 0.4], [1.0, 0.97], [1.0, 1.0]]
+    train = [[1.0, 1.0]] * 4
+    finals = {str(m): {"train_acc": train, "test_acc": test} for m in config["moduli"]}
+    out = {c.id: c for c in claims({"finals": finals}, config)}
+    assert out["memorise-below"].passed and out["memorise-below"].measured == {"max_test_acc": 0.03125, "min_train_acc": 1.0}
+    assert out["generalise-above"].passed and out["generalise-above"].measured == 1.0
+    assert out["scaling-law-beats-constant"].passed
+    assert out["boundary-per-M"].measured["13"]["smallest_generalising_multiple"] == 1.25
+    # a constant boundary fraction (0.3 for every M) fails the law claim
+    config = dict(config, multiples=[0.5, 0.6, 0.72, 0.86, 1.04, 1.25, 1.5, 2.0, 2.5])
+    finals = {
+        str(m): {"train_acc": [[1.0, 1.0]] * 9, "test_acc": [[float(x * critical_fraction(m) >= 0.3)] * 2 for x in config["multiples"]]}
+        for m in config["moduli"]
+    }
+    law = {c.id: c for c in claims({"finals": finals}, config)}["scaling-law-beats-constant"]
+    assert not law.passed and law.measured["rms_log_residual_constant"] == 0.0

@@ -50,6 +50,15 @@ DESCRIPTION = "Modular addition with a ridge-solved top layer: memorisation belo
 EXPECTED = "test accuracy <= 0.05 (train 1.0) at <= 0.6x critical fraction; >= 0.95 at >= 1.5x; boundary fits c*log(M)/M better than a constant."
 
 CRITICAL_C = 2.7482  # the authors' estimator of c in n* = c M log M
+CRITERIA = {
+    "memorise_multiple": 0.6,  # cells at <= this multiple of the critical fraction must memorise:
+    "memorise_test_acc": 0.05,  # ... test accuracy at most this (every M, seed)
+    "memorise_train_acc": 1.0,  # ... and train accuracy this
+    "generalise_multiple": 1.5,  # cells at >= this multiple must generalise:
+    "generalised": 0.95,  # test accuracy at which a cell counts as generalised (also the boundary's)
+    "law_margin": 0.1,  # the law must beat the constant fraction by this much RMS log residual (~10 % in fraction)
+    "law_min_moduli": 3,  # moduli with a located boundary needed to decide the law claim
+}
 
 CONFIGS = {
     "quick": dict(
@@ -276,20 +285,16 @@ def train_modulus(m: int, cfg: dict[str, Any], ctx: RunContext):
         evals.append(res.evals)
     shape = mult_grid.shape
     curves = {k: np.concatenate([np.asarray(e[k]) for e in evals], axis=1).reshape((-1,) + shape) for k in ("train_acc", "test_acc")}
-    final = {k: c[-1] for k, c in curves.items()}  # run() checks that eval_every divides epochs
+    final = {k: c[-1] for k, c in curves.items()}  # measure() checks that eval_every divides epochs
     return final, curves, res.eval_steps
 
 
-GENERALISED = 0.95  # test accuracy at which a cell counts as generalised (the generalise-above threshold)
-LAW_MARGIN = 0.1  # the law must beat the constant fraction by this much RMS log residual (~10 % in fraction)
-
-
-def _boundary(multiples: np.ndarray, test: np.ndarray, crit: float) -> dict[str, Any]:
+def _boundary(multiples: np.ndarray, test: np.ndarray, crit: float, generalised: float) -> dict[str, Any]:
     """The boundary interval of one M: ``hi`` = the smallest multiple from which every
-    multiple (and every seed) generalises (test >= 0.95), ``lo`` = the largest multiple
+    multiple (and every seed) generalises (test >= ``generalised``), ``lo`` = the largest multiple
     below it that does not; None when not located (no generalising top / no failing
     multiple below). ``non_monotone``: multiples below ``lo`` that generalise anyway."""
-    ok = np.all(test >= GENERALISED, axis=1)
+    ok = np.all(test >= generalised, axis=1)
     order = np.argsort(multiples)
     hi = None
     for k in order[::-1]:
@@ -348,27 +353,45 @@ def _compare_hypotheses(boundaries: dict[int, dict[str, Any]]) -> dict[str, Any]
     }
 
 
-def _claims(cfg, multiples, finals, boundaries, comparison) -> list[Claim]:
-    low, high = multiples <= 0.6 + 1e-9, multiples >= 1.5 - 1e-9
+def _analyse(finals: dict[int, dict[str, np.ndarray]], multiples: np.ndarray) -> tuple[dict, dict]:
+    """The boundary interval of every M and the comparison of the two hypotheses."""
+    boundaries = {m: _boundary(multiples, f["test_acc"], critical_fraction(m), CRITERIA["generalised"]) for m, f in finals.items()}
+    return boundaries, _compare_hypotheses(boundaries)
+
+
+def _finals(measurements: dict[str, Any]) -> dict[int, dict[str, np.ndarray]]:
+    """The final accuracies by M, (multiples, seeds) arrays. They were measured in
+    float32 and are compared in float32, as in training (exact: JSON keeps their value)."""
+    return {int(m): {k: np.asarray(v, np.float32) for k, v in f.items()} for m, f in measurements["finals"].items()}
+
+
+def claims(measurements: dict[str, Any], config: dict[str, Any]) -> list[Claim]:
+    c = CRITERIA
+    multiples = np.asarray(config["multiples"], np.float64)
+    finals = _finals(measurements)
+    boundaries, comparison = _analyse(finals, multiples)
+    low, high = multiples <= c["memorise_multiple"] + 1e-9, multiples >= c["generalise_multiple"] - 1e-9
     low_test = max(float(finals[m]["test_acc"][low].max()) for m in finals) if low.any() else float("nan")
     low_train = min(float(finals[m]["train_acc"][low].min()) for m in finals) if low.any() else float("nan")
     high_acc = np.concatenate([finals[m]["test_acc"][high].ravel() for m in finals]) if high.any() else np.array([np.nan])
     n_mod = len(comparison["moduli"])
     adv = comparison.get("advantage_of_law", float("nan"))
-    decided = n_mod >= 3 and np.isfinite(adv)
+    decided = n_mod >= c["law_min_moduli"] and np.isfinite(adv)
     return [
         Claim.holds(
             "memorise-below",
-            "at <= 0.6x the critical fraction the network memorises: train accuracy 1.0, test accuracy <= 0.05",
+            f"at <= {c['memorise_multiple']:g}x the critical fraction the network memorises: train accuracy "
+            f"{c['memorise_train_acc']}, test accuracy <= {c['memorise_test_acc']:g}",
             {"max_test_acc": low_test, "min_train_acc": low_train},
-            "max test <= 0.05 and min train == 1.0 over all M, seeds, multiples <= 0.6",
-            low_test <= 0.05 and low_train >= 1.0,
+            f"max test <= {c['memorise_test_acc']:g} and min train == {c['memorise_train_acc']} over all M, seeds, "
+            f"multiples <= {c['memorise_multiple']:g}",
+            low_test <= c["memorise_test_acc"] and low_train >= c["memorise_train_acc"],
         ),
         Claim.at_least(
             "generalise-above",
-            "at >= 1.5x the critical fraction the network generalises (min test accuracy over M and seeds)",
+            f"at >= {c['generalise_multiple']:g}x the critical fraction the network generalises (min test accuracy over M and seeds)",
             float(np.min(high_acc)),
-            GENERALISED,
+            c["generalised"],
             note=f"threshold on the minimum over {high_acc.size} cells (every M and seed); mean {float(np.mean(high_acc)):.3f}",
         ),
         Claim.holds(
@@ -376,49 +399,51 @@ def _claims(cfg, multiples, finals, boundaries, comparison) -> list[Claim]:
             "the boundary fraction follows c log M / M (n* = c M log M), not a constant fraction: "
             "one-parameter fits to the per-M boundary intervals, RMS log residual",
             comparison,
-            f">= 3 moduli and rms(constant) - rms(c log M / M) >= {LAW_MARGIN}",
-            bool(decided and adv >= LAW_MARGIN),
-            note="" if n_mod >= 3 else f"only {n_mod} moduli with a located boundary: not decided",
+            f">= {c['law_min_moduli']} moduli and rms(constant) - rms(c log M / M) >= {c['law_margin']}",
+            bool(decided and adv >= c["law_margin"]),
+            note="" if n_mod >= c["law_min_moduli"] else f"only {n_mod} moduli with a located boundary: not decided",
         ),
         Claim.finding(
             "boundary-per-M",
-            "boundary interval per M (multiples of c log M / M, c = 2.7482): largest failing and smallest "
-            "generalising multiple (every seed test >= 0.95)",
+            f"boundary interval per M (multiples of c log M / M, c = {CRITICAL_C}): largest failing and smallest "
+            f"generalising multiple (every seed test >= {c['generalised']:g})",
             {str(m): b for m, b in boundaries.items()},
         ),
     ]
 
 
-def run(config: dict[str, Any], ctx: RunContext) -> list[Claim]:
+def measure(config: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
     cfg = dict(config)
     if cfg["n_seeds"] < 1 or cfg["epochs"] < 1 or not cfg["moduli"] or not cfg["multiples"]:
         raise ValueError("n_seeds, epochs, moduli and multiples must be non-empty / positive")
     if cfg["eval_every"] < 1 or cfg["epochs"] % cfg["eval_every"]:
         raise ValueError("eval_every must be >= 1 and divide epochs")
     multiples = np.asarray(cfg["multiples"], np.float64)
-    finals, curves, boundaries = {}, {}, {}
+    finals, curves = {}, {}
     for m in cfg["moduli"]:
-        final, curve, eval_steps = train_modulus(m, cfg, ctx)
-        finals[m], curves[m] = final, curve
-        crit = critical_fraction(m)
-        boundaries[m] = _boundary(multiples, final["test_acc"], crit)
-        for i, mult in enumerate(multiples):
-            for s in range(cfg["n_seeds"]):
-                ctx.log(
-                    "final",
-                    M=m,
-                    multiple=float(mult),
-                    fraction=float(mult * crit),
-                    seed=s,
-                    train_acc=final["train_acc"][i, s],
-                    test_acc=final["test_acc"][i, s],
-                )
-                for t, step in enumerate(eval_steps):
-                    ctx.log(f"curve/M={m}/x{mult:g}/seed{s}", step=int(step), train_acc=curve["train_acc"][t, i, s], test_acc=curve["test_acc"][t, i, s])
-    comparison = _compare_hypotheses(boundaries)
+        finals[m], curves[m], eval_steps = train_modulus(m, cfg, ctx)
+        _log_modulus(ctx, m, multiples, cfg["n_seeds"], finals[m], curves[m], eval_steps)
+    boundaries, comparison = _analyse(finals, multiples)
     ctx.log("boundary", boundaries=boundaries, comparison=comparison)
     _plot(ctx, cfg, finals, curves, eval_steps, boundaries, comparison)
-    return _claims(cfg, multiples, finals, boundaries, comparison)
+    return {"finals": {str(m): f for m, f in finals.items()}}
+
+
+def _log_modulus(ctx: RunContext, m: int, multiples: np.ndarray, n_seeds: int, final, curve, eval_steps) -> None:
+    crit = critical_fraction(m)
+    for i, mult in enumerate(multiples):
+        for s in range(n_seeds):
+            ctx.log(
+                "final",
+                M=m,
+                multiple=float(mult),
+                fraction=float(mult * crit),
+                seed=s,
+                train_acc=final["train_acc"][i, s],
+                test_acc=final["test_acc"][i, s],
+            )
+            for t, step in enumerate(eval_steps):
+                ctx.log(f"curve/M={m}/x{mult:g}/seed{s}", step=int(step), train_acc=curve["train_acc"][t, i, s], test_acc=curve["test_acc"][t, i, s])
 
 
 def _plot(ctx: RunContext, cfg, finals, curves, eval_steps, boundaries, comparison) -> None:
