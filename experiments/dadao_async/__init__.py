@@ -202,9 +202,9 @@ def _counts(run, dsgd, n: int, n_edges: int) -> dict[str, Any]:
     return out
 
 
-def _fit(h) -> dict[str, Any]:
-    """Line through log10(error) vs time for the records until the error first reaches the target."""
-    k = _first(h["error"] <= CRITERIA["target_error"])
+def _fit(h, target: float) -> dict[str, Any]:
+    """Line through log10(error) vs time for the records until the error first reaches ``target``."""
+    k = _first(h["error"] <= target)
     stop = len(h["error"]) if k is None else k + 1
     t, y = h["time"][:stop], np.log10(np.maximum(h["error"][:stop], 1e-300))
     if len(t) < 3:
@@ -215,51 +215,66 @@ def _fit(h) -> dict[str, Any]:
             "final_error": float(h["error"][-1])}
 
 
-def run(config: dict[str, Any], ctx: RunContext) -> list[Claim]:
+def _summary(cfg, run, dsgd, kappa: float) -> dict[str, Any]:
+    """One seed's measurements: invariants, the log-linear fit, replay error, counts vs D-SGD."""
+    h = run["hist"]
+    return {
+        "invariant": max(float(np.max(h["sum_z"])), float(np.max(h["sum_z_tilde"]))),
+        "fit": _fit(h, CRITERIA["target_error"]), "replay": run["replay"], "kappa": kappa, "edges": run["edges"],
+        "lam_mix": float(run["constants"]["lam_mix"]), "dsgd_final_error": float(dsgd["error"][-1]),
+        "counts": _counts(run, dsgd, cfg["n_nodes"], run["edges"]),
+    }
+
+
+def measure(config: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
+    """Per seed (:func:`_summary`); ``fit_target``: the error the log-linear fit stops at."""
     cfg = dict(config)
     seeds = [cfg["seed"] + s for s in range(cfg["n_seeds"])]
-    runs, base, counts, fits = [], [], [], []
+    runs, base, per_seed = [], [], []
     for s in ctx.progress(seeds, desc="seeds"):
         p = _problem(cfg, s)
         runs.append(_run_dadao(cfg, p, s))
         base.append(_run_dsgd(cfg, p))
-        counts.append(_counts(runs[-1], base[-1], cfg["n_nodes"], runs[-1]["edges"]))
-        fits.append(_fit(runs[-1]["hist"]))
-        runs[-1]["kappa"] = p["L"] / p["mu"]
+        per_seed.append(_summary(cfg, runs[-1], base[-1], p["L"] / p["mu"]))
     for s, r, b in zip(seeds, runs, base):
         ctx.log_history(f"dadao/seed{s}", {k: r["hist"][k] for k in ("time", "n_grad", "n_comm", "error", "sum_z",
                                                                        "sum_z_tilde")}, every=5)
         ctx.log_history(f"dsgd/seed{s}", {"error": b["error"]}, every=20)
-    ctx.log("summary", constants=[r["constants"] for r in runs], kappa=[r["kappa"] for r in runs],
-            edges=[r["edges"] for r in runs], counts=counts, fits=fits)
+    ctx.log("summary", constants=[r["constants"] for r in runs], kappa=[m["kappa"] for m in per_seed],
+            edges=[r["edges"] for r in runs], counts=[m["counts"] for m in per_seed], fits=[m["fit"] for m in per_seed])
     _plot(ctx, cfg, runs, base, seeds)
-    return _claims(cfg, runs, base, counts, fits)
+    return {"per_seed": per_seed, "fit_target": CRITERIA["target_error"]}
 
 
-def _claims(cfg, runs, base, counts, fits) -> list[Claim]:
-    inv = max(max(float(np.max(r["hist"]["sum_z"])), float(np.max(r["hist"]["sum_z_tilde"]))) for r in runs)
+def claims(measurements: dict[str, Any], config: dict[str, Any]) -> list[Claim]:
+    """The claims from the per-seed measurements and ``CRITERIA``."""
+    cfg, ms = config, measurements["per_seed"]
+    if measurements["fit_target"] != CRITERIA["target_error"]:
+        raise ValueError(f"the fits stop at {measurements['fit_target']:g}, CRITERIA['target_error'] is "
+                         f"{CRITERIA['target_error']:g}: run the experiment again")
+    fits = [m["fit"] for m in ms]
     ok_fit = [f["reached"] and f["slope"] < 0 and f["r2"] >= CRITERIA["r2"] for f in fits]
-    per_comm = [r["constants"]["lam_mix"] / cfg["n_nodes"] for r in runs]
     return [
         Claim.at_most("sum-z-invariant", "max over every record and seed of |sum_i z_i| and |sum_i z~_i| (all nodes "
-                      "advanced to the same time)", inv, CRITERIA["invariant"],
+                      "advanced to the same time)", max(m["invariant"] for m in ms), CRITERIA["invariant"],
                       note="communication events move z and z~ by opposite amounts on the two ends of the edge; the "
                       "ODE for (z, z~) is the same linear map at every node"),
         Claim.holds("loglinear-to-1e-6", f"DADAO's error (1/n) sum |x_i - x*|^2 reaches {CRITERIA['target_error']:g} "
                     "and log10(error) is linear in time until then (every seed)", {"per_seed": fits},
                     f"reached, slope < 0, R^2 >= {CRITERIA['r2']}", all(ok_fit),
                     note=f"{cfg['n_events']} events per seed; kappa = L/mu per seed: "
-                    f"{[round(r['kappa'], 1) for r in runs]}"),
+                    f"{[round(m['kappa'], 1) for m in ms]}"),
         Claim.at_most("simulator-matches-replay", f"the lax.scan simulator equals a numpy/scipy event-by-event replay "
                       f"after {min(cfg['replay_events'], cfg['n_events'])} events (max abs difference, all states)",
-                      max(r["replay"] for r in runs), CRITERIA["replay"]),
+                      max(m["replay"] for m in ms), CRITERIA["replay"]),
         Claim.finding("counts-vs-dsgd", "gradients and edge activations to reach each error, DADAO vs synchronous "
-                      "D-SGD (step 1/L, full local gradients; None: not reached)", {"per_seed": counts},
-                      note=f"D-SGD's final error per seed: {[float('%.2e' % b['error'][-1]) for b in base]} "
+                      "D-SGD (step 1/L, full local gradients; None: not reached)", {"per_seed": [m["counts"] for m in ms]},
+                      note=f"D-SGD's final error per seed: {[float('%.2e' % m['dsgd_final_error']) for m in ms]} "
                       "(a constant step on heterogeneous nodes stalls at a bias floor); one D-SGD round = n "
                       "gradients and |E| edge activations"),
         Claim.finding("communications-per-gradient", "expected edge activations per gradient: DADAO lambda_mix / n vs "
-                      "D-SGD |E| / n", {"dadao": per_comm, "dsgd": [r["edges"] / cfg["n_nodes"] for r in runs]},
+                      "D-SGD |E| / n", {"dadao": [m["lam_mix"] / cfg["n_nodes"] for m in ms],
+                                        "dsgd": [m["edges"] / cfg["n_nodes"] for m in ms]},
                       note="the paper's point: DADAO's communication rate sqrt(2 chi_1 chi_2) is decoupled from the "
                       "gradient rate"),
     ]
