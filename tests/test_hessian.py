@@ -252,3 +252,57 @@ def test_lanczos_reports_convergence_and_warns_when_not_converged(x64):
     assert flags.shape == (5,) and not bool(np.all(np.asarray(flags)))
     with pytest.raises(ValueError, match="rtol"):
         hs.lanczos(flat, 2, key=jax.random.PRNGKey(0), rtol=0.0)
+
+
+def _known(spectrum, seed=0):
+    q, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((spectrum.size, spectrum.size)))
+    return hs.matrix_operator(jnp.asarray((q * spectrum) @ q.T))
+
+
+@pytest.mark.parametrize("lo", [0.0, -3.0])  # SPD and indefinite (a negative bulk)
+def test_thick_restart_matches_eigh_with_restarts(x64, lo):
+    rng = np.random.default_rng(11)
+    spec = np.concatenate([[9.0, 8.0, 7.5, 7.0, 6.0], rng.uniform(lo + 0.1, 4.0, 195)])
+    op = _known(spec)
+    res = hs.lanczos(op, 5, key=jax.random.PRNGKey(0), basis_size=12, rtol=1e-9)
+    assert int(res.num_restarts) >= 2  # a 12-vector basis cannot hold the answer in one cycle
+    assert int(res.num_matvecs) == 12 + int(res.num_restarts) * (12 - 8)  # l = 5 + (12 - 5) // 2 kept
+    assert np.all(np.asarray(res.converged))
+    np.testing.assert_allclose(res.eigenvalues, np.sort(spec)[::-1][:5], rtol=1e-6)
+    vecs = np.asarray(res.eigenvectors)
+    a = np.asarray(hs.dense_matrix(op))
+    np.testing.assert_allclose(vecs @ a.T, np.asarray(res.eigenvalues)[:, None] * vecs, atol=1e-7)
+    np.testing.assert_allclose(vecs @ vecs.T, np.eye(5), atol=1e-10)
+
+
+def test_thick_restart_bottom_and_default_call(x64):
+    spec = np.concatenate([[-5.0, -4.0, -3.5], np.linspace(-2.0, 10.0, 117)])
+    op = _known(spec, seed=3)
+    bot = hs.lanczos(op, 3, key=jax.random.PRNGKey(1), which="bottom", basis_size=8, rtol=1e-9)
+    assert int(bot.num_restarts) >= 1 and np.all(np.asarray(bot.converged))
+    np.testing.assert_allclose(bot.eigenvalues, [-5.0, -4.0, -3.5], rtol=1e-6)
+    import warnings as _w
+
+    with _w.catch_warnings():
+        _w.simplefilter("error")  # the default call converges to its documented rtol, silently
+        top = hs.lanczos(op, 2, key=jax.random.PRNGKey(2))
+    assert np.all(np.asarray(top.residuals) <= 1e-3 * np.abs(np.asarray(top.eigenvalues)))
+    np.testing.assert_allclose(top.eigenvalues, [10.0, np.sort(spec)[-2]], rtol=1e-3)
+
+
+def test_thick_restart_reports_non_convergence_and_jits(x64):
+    op = _known(np.linspace(1.0, 2.0, 150), seed=5)
+    with pytest.warns(UserWarning, match="not converged.*after 2 restarts"):
+        bad = hs.lanczos(op, 4, key=jax.random.PRNGKey(0), basis_size=8, max_restarts=2)
+    assert int(bad.num_restarts) == 2 and int(bad.num_matvecs) == 8 + 2 * 2
+    assert not np.all(np.asarray(bad.converged))
+    f = jax.jit(lambda key: hs.lanczos(op, 4, key=key, basis_size=8, max_restarts=2))
+    r = f(jax.random.PRNGKey(0))
+    np.testing.assert_allclose(r.eigenvalues, bad.eigenvalues, rtol=1e-12)
+    np.testing.assert_array_equal(r.converged, bad.converged)
+    with pytest.raises(ValueError, match="excludes"):
+        hs.lanczos(op, 2, key=jax.random.PRNGKey(0), num_iters=10, max_restarts=3)
+    with pytest.raises(ValueError, match="basis_size must be > k"):
+        hs.lanczos(op, 4, key=jax.random.PRNGKey(0), basis_size=4)
+    with pytest.raises(ValueError, match="max_restarts"):
+        hs.lanczos(op, 2, key=jax.random.PRNGKey(0), max_restarts=-1)

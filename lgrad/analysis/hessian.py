@@ -398,10 +398,12 @@ def hessian_matrix(
 class LanczosResult(NamedTuple):
     eigenvalues: jax.Array  # (k,) top: descending; bottom: ascending
     eigenvectors: Any  # pytree like params, each leaf with a leading axis of k
-    residuals: jax.Array  # (k,) ||A y - lambda y|| estimates, |beta_m * last component of Ritz vector|
-    alphas: jax.Array  # (m,) tridiagonal diagonal
-    betas: jax.Array  # (m,) off-diagonal (betas[j] couples j and j+1; 0 marks a restart)
+    residuals: jax.Array  # (k,) ||A y - theta y|| = |beta_m * last component of the Ritz vector in T's basis|
+    alphas: jax.Array  # (m,) diagonal of the final projected matrix T
+    betas: jax.Array  # (m,) betas[j] = T[j+1, j] (0 marks a breakdown or a thick restart), betas[m-1] = beta_m
     converged: jax.Array  # (k,) bool: residual <= rtol * |eigenvalue| (``lanczos``'s rtol)
+    num_matvecs: jax.Array | int = 0  # operator products used
+    num_restarts: jax.Array | int = 0  # thick restarts performed
 
 
 def _check_k(k: int, dim: int, name: str = "k") -> int:
@@ -418,6 +420,53 @@ def _orthogonalise(w: jax.Array, q: jax.Array) -> jax.Array:
     return w - q.T @ (q @ w)
 
 
+def _breakdown_tol(dtype, tol: float | None) -> float:
+    return 100.0 * float(jnp.finfo(dtype).eps) if tol is None else float(tol)
+
+
+def _lanczos_step(matvec: Callable, V: jax.Array, T: jax.Array, j: jax.Array, anorm: jax.Array, key: jax.Array, tol: float):
+    """Lanczos step ``j`` with full reorthogonalisation: fills ``T[j, j]``, ``T[j+1, j] = T[j, j+1]`` and ``V[j+1]``.
+
+    ``V`` is ``(m+1, n)`` (rows past ``j`` are zero, so reorthogonalising against all
+    of ``V`` costs the same at every step and the buffer is updated in place). On
+    breakdown (``beta <= tol * ||T||``) ``V[j+1]`` is a random unit vector orthogonal to
+    ``V`` and the stored coupling is 0.
+    """
+    n, dtype = V.shape[1], V.dtype
+    tiny = jnp.finfo(dtype).tiny
+    q = V[j]
+    w = matvec(q)
+    a = jnp.vdot(q, w)
+    w = _orthogonalise(w, V)  # removes a q_j, beta q_{j-1} and the thick-restart arrow too
+    b = jnp.linalg.norm(w)
+    anorm = jnp.maximum(anorm, jnp.abs(a) + b)
+    broke = b <= tol * jnp.maximum(anorm, tiny)
+
+    def fresh(_):
+        r = _orthogonalise(jax.random.normal(jax.random.fold_in(key, j), (n,), dtype), V)
+        return r / jnp.maximum(jnp.linalg.norm(r), tiny)
+
+    nxt = jax.lax.cond(broke, fresh, lambda _: w / jnp.where(broke, 1.0, b), None)
+    b = jnp.where(broke, 0.0, b).astype(dtype)
+    T = T.at[j, j].set(a).at[j + 1, j].set(b).at[j, j + 1].set(b)
+    return V.at[j + 1].set(nxt), T, anorm
+
+
+def _lanczos_steps(matvec: Callable, V, T, start, m: int, anorm, key, tol: float):
+    """Steps ``start .. m-1`` (a ``fori_loop``; ``start`` may be traced)."""
+
+    def body(j, carry):
+        return _lanczos_step(matvec, *carry[:2], j, carry[2], key, tol)
+
+    return jax.lax.fori_loop(start, m, body, (V, T, anorm))
+
+
+def _init_basis(v0: jax.Array, m: int):
+    n, dtype = v0.shape[0], v0.dtype
+    V = jnp.zeros((m + 1, n), dtype).at[0].set(v0 / jnp.linalg.norm(v0))
+    return V, jnp.zeros((m + 1, m + 1), dtype)
+
+
 def _lanczos_core(matvec: Callable, v0: jax.Array, m: int, key: jax.Array, tol: float | None):
     """m steps of Lanczos with full reorthogonalisation and restart on breakdown.
 
@@ -425,37 +474,9 @@ def _lanczos_core(matvec: Callable, v0: jax.Array, m: int, key: jax.Array, tol: 
     ``Q A Q^T = T`` (tridiagonal; ``betas[j] = 0`` where the iteration restarted).
     ``betas[m-1]`` is the residual norm after the last step.
     """
-    n = v0.shape[0]
-    dtype = v0.dtype
-    eps = float(jnp.finfo(dtype).eps)
-    rtol = 100.0 * eps if tol is None else float(tol)
-    q0 = v0 / jnp.linalg.norm(v0)
-    Q = jnp.zeros((m, n), dtype).at[0].set(q0)
-    alphas = jnp.zeros((m,), dtype)
-    betas = jnp.zeros((m,), dtype)
-
-    def body(j, carry):
-        Q, alphas, betas, anorm = carry
-        q = Q[j]
-        w = matvec(q)
-        a = jnp.vdot(q, w)
-        w = _orthogonalise(w, Q)  # full reorthogonalisation (removes a q_j and b q_{j-1} too)
-        b = jnp.linalg.norm(w)
-        anorm = jnp.maximum(anorm, jnp.abs(a) + b)
-        broke = b <= rtol * jnp.maximum(anorm, jnp.finfo(dtype).tiny)
-
-        def restart(_):
-            r = jax.random.normal(jax.random.fold_in(key, j), (n,), dtype)
-            r = _orthogonalise(r, Q)
-            return r / jnp.maximum(jnp.linalg.norm(r), jnp.finfo(dtype).tiny)
-
-        nxt = jax.lax.cond(broke, restart, lambda _: w / jnp.where(broke, 1.0, b), None)
-        b_store = jnp.where(broke, 0.0, b)
-        Q = jax.lax.cond(j + 1 < m, lambda QQ: QQ.at[j + 1].set(nxt), lambda QQ: QQ, Q)
-        return Q, alphas.at[j].set(a), betas.at[j].set(b_store), anorm
-
-    Q, alphas, betas, _ = jax.lax.fori_loop(0, m, body, (Q, alphas, betas, jnp.zeros((), dtype)))
-    return alphas, betas, Q
+    V, T = _init_basis(v0, m)
+    V, T, _ = _lanczos_steps(matvec, V, T, 0, m, jnp.zeros((), v0.dtype), key, _breakdown_tol(v0.dtype, tol))
+    return jnp.diagonal(T)[:m], jnp.diagonal(T, -1), V[:m]
 
 
 def _tridiag(alphas: jax.Array, betas: jax.Array) -> jax.Array:
@@ -463,8 +484,71 @@ def _tridiag(alphas: jax.Array, betas: jax.Array) -> jax.Array:
     return jnp.diag(alphas) + jnp.diag(off, 1) + jnp.diag(off, -1)
 
 
-def _default_iters(k: int, dim: int) -> int:
-    return int(min(dim, max(3 * k, k + 50)))
+def _default_basis(k: int, dim: int) -> int:
+    return int(min(dim, max(2 * k + 10, 30)))
+
+
+def _kept(k: int, m: int) -> int:
+    """Ritz vectors kept at a thick restart: the ``k`` wanted plus half the rest of the basis."""
+    return min(m - 1, k + (m - k) // 2)
+
+
+def _ritz(T: jax.Array, m: int, count: int, which: str):
+    """The ``count`` wanted eigenpairs of ``T[:m, :m]`` (top: descending) and their residual norms."""
+    theta, s = jnp.linalg.eigh(T[:m, :m])
+    idx = jnp.arange(m - 1, m - 1 - count, -1) if which == "top" else jnp.arange(count)
+    vals, ys = theta[idx], s[:, idx]
+    return vals, ys, jnp.abs(T[m, m - 1] * ys[m - 1])
+
+
+def _thick_restart(V: jax.Array, T: jax.Array, m: int, keep: int, which: str):
+    """Wu & Simon (2000) restart: ``V[:l]`` = the ``l`` best Ritz vectors, ``V[l]`` = the residual
+    direction, ``T`` = diag(theta) with the arrow ``T[l, i] = beta_m s_{m,i}``."""
+    vals, ys, _ = _ritz(T, m, keep, which)
+    arrow = T[m, m - 1] * ys[m - 1]
+    Vn = jnp.zeros_like(V).at[:keep].set(ys.T @ V[:m]).at[keep].set(V[m])
+    Tn = jnp.zeros_like(T).at[jnp.arange(keep), jnp.arange(keep)].set(vals)
+    Tn = Tn.at[keep, :keep].set(arrow).at[:keep, keep].set(arrow)
+    return Vn, Tn
+
+
+def _thick_restart_lanczos(matvec, v0, key, *, k, m, keep, which, max_restarts, rtol, tol):
+    """``(V, T, restarts, matvecs)`` after the cycle whose ``k`` wanted Ritz pairs all met
+    ``rtol``, or after ``max_restarts`` restarts. One ``lax.while_loop``."""
+    dtype = v0.dtype
+    V, T = _init_basis(v0, m)
+    btol = _breakdown_tol(dtype, tol)
+
+    def cycle(c):
+        V, T, start, restarts, matvecs, anorm, _ = c
+        V, T, anorm = _lanczos_steps(matvec, V, T, start, m, anorm, jax.random.fold_in(key, restarts), btol)
+        vals, _, resid = _ritz(T, m, k, which)
+        stop = jnp.all(resid <= rtol * jnp.abs(vals)) | (restarts >= max_restarts)
+        matvecs = matvecs + m - start
+        V, T = jax.lax.cond(stop, lambda vt: vt, lambda vt: _thick_restart(*vt, m, keep, which), (V, T))
+        return V, T, jnp.int32(keep), restarts + jnp.where(stop, 0, 1), matvecs, anorm, stop
+
+    init = (V, T, jnp.int32(0), jnp.int32(0), jnp.int32(0), jnp.zeros((), dtype), jnp.array(False))
+    V, T, _, restarts, matvecs, _, _ = jax.lax.while_loop(lambda c: ~c[-1], cycle, init)
+    return V, T, restarts, matvecs
+
+
+def _check_lanczos_sizes(k: int, dim: int, num_iters, basis_size, max_restarts) -> tuple[int, int]:
+    """``(m, max_restarts)`` from the keywords (``num_iters`` is the un-restarted form)."""
+    if num_iters is not None:
+        if basis_size is not None or max_restarts is not None:
+            raise ValueError("num_iters (one un-restarted run) excludes basis_size and max_restarts")
+        m = _check_k(num_iters, dim, "num_iters")
+        if m < k:
+            raise ValueError(f"num_iters must be >= k={k}, got {m}")
+        return m, 0
+    m = _default_basis(k, dim) if basis_size is None else _check_k(basis_size, dim, "basis_size")
+    if m < min(k + 1, dim):
+        raise ValueError(f"basis_size must be > k={k} (or equal dim={dim}), got {m}")
+    r = 100 if max_restarts is None else max_restarts
+    if isinstance(r, bool) or not isinstance(r, (int, np.integer)) or r < 0:
+        raise ValueError(f"max_restarts must be an integer >= 0, got {r!r}")
+    return m, (0 if m == dim else int(r))
 
 
 def _start_vector(key: jax.Array, n: int, dtype) -> jax.Array:
@@ -480,52 +564,64 @@ def lanczos(
     which: str = "top",
     tol: float | None = None,
     rtol: float = 1e-3,
+    basis_size: int | None = None,
+    max_restarts: int | None = None,
 ) -> LanczosResult:
     r"""The ``k`` largest (``which="top"``) or smallest (``"bottom"``) eigenpairs of ``op``.
 
-    Lanczos with full reorthogonalisation (Golub & Van Loan 2013, Sec. 10.1): the
-    Ritz values of :math:`T_m = Q_m A Q_m^\top` after ``num_iters = m`` steps
-    (default ``min(dim, max(3k, k + 50))``); with ``m == dim`` the result is exact up
-    to rounding. The start vector is Gaussian from ``key`` (deterministic). On
-    breakdown — the Krylov space is invariant, :math:`\beta_j \le 100\,\epsilon\,\|T\|`
-    or ``tol`` — the iteration restarts from a random vector orthogonal to the basis.
+    Thick-restart Lanczos (Wu & Simon 2000) with full reorthogonalisation (Golub &
+    Van Loan 2013, Sec. 10.1), stopping on the Ritz residuals. A basis of
+    ``basis_size = m`` vectors (default ``min(dim, max(2k + 10, 30))``) gives
+    :math:`A V_m^\top = V_m^\top T_m + \beta_m r e_m^\top`; the Ritz pairs
+    :math:`(\theta_i, y_i = V_m^\top s_i)` of :math:`T_m = S \Theta S^\top` have residuals
+
+    .. math:: \|A y_i - \theta_i y_i\| = |\beta_m\, e_m^\top s_i|,
+
+    which bound each eigenvalue's error (and, divided by the gap to the rest of the
+    spectrum, its square). The iteration stops when every wanted pair has
+    :math:`|\beta_m e_m^\top s_i| \le \mathrm{rtol}\,|\theta_i|` (default ``rtol = 1e-3``).
+    Otherwise it restarts: the :math:`l = k + \lfloor (m-k)/2 \rfloor` best Ritz vectors
+    and :math:`r` become the new basis, :math:`T` becomes
+    :math:`\mathrm{diag}(\theta_{1..l})` bordered by the arrow
+    :math:`T_{l+1,i} = \beta_m e_m^\top s_i`, and Lanczos continues from :math:`r`.
+    Memory is :math:`(m+1)` vectors and each step reorthogonalises against at most
+    :math:`m` of them, whatever the number of restarts (at most ``max_restarts``,
+    default 100). With ``m == dim`` one cycle is exact up to rounding. The start vector
+    is Gaussian from ``key`` (deterministic). On breakdown (invariant Krylov space,
+    :math:`\beta_j \le 100\,\epsilon\,\|T\|` or ``tol``) the iteration continues from a
+    random vector orthogonal to the basis with a zero coupling, so nothing becomes NaN.
+
+    ``num_iters=m`` is the former fixed-length call: one Lanczos run of ``m`` steps,
+    no restart (same as ``basis_size=m, max_restarts=0``; it excludes both keywords).
 
     Returns a :class:`LanczosResult` whose ``eigenvectors`` is a pytree like the
-    params with a leading axis of ``k`` (zeros outside the operator's mask).
-    Jit-compatible (``k``, ``num_iters`` and ``which`` are static).
-
-    Convergence is reported, never silent: ``residuals`` are the Ritz residual norms
-    :math:`\|A y - \theta y\| = |\beta_m\, e_m^\top s|` (they bound each eigenvalue's
-    error), and ``converged[i]`` says whether ``residuals[i] <= rtol * |eigenvalues[i]|``
-    (default ``rtol = 1e-3``, relative). Called outside ``jit``, a ``UserWarning`` names
-    the Ritz values that did not converge; under ``jit`` read ``converged``. The
-    iteration count is not adapted (no restarts yet): raise ``num_iters`` when some
-    value did not converge.
+    params with a leading axis of ``k`` (zeros outside the operator's mask), with
+    ``num_matvecs`` and ``num_restarts``. Jit-compatible (``k``, the sizes and ``which``
+    are static). Convergence is reported, never silent: ``converged[i]`` says whether
+    ``residuals[i] <= rtol * |eigenvalues[i]|``; called outside ``jit``, a ``UserWarning``
+    names the Ritz values that did not converge; under ``jit`` read ``converged``.
+    Reference and measurements: docs/papers/hessian-spectrum.md.
     """
     k = _check_k(k, op.dim)
-    m = _default_iters(k, op.dim) if num_iters is None else num_iters
-    m = _check_k(m, op.dim, "num_iters")
-    if m < k:
-        raise ValueError(f"num_iters must be >= k={k}, got {m}")
     if which not in ("top", "bottom"):
         raise ValueError(f"which must be 'top' or 'bottom', got {which!r}")
     if isinstance(rtol, bool) or not isinstance(rtol, (int, float)) or not rtol > 0:
         raise ValueError(f"rtol must be a number > 0 (relative residual tolerance), got {rtol!r}")
+    m, restarts_max = _check_lanczos_sizes(k, op.dim, num_iters, basis_size, max_restarts)
     k0, k1 = jax.random.split(key)
-    alphas, betas, Q = _lanczos_core(op.matvec, _start_vector(k0, op.dim, op.dtype), m, k1, tol)
-    theta, y = jnp.linalg.eigh(_tridiag(alphas, betas))
-    idx = jnp.arange(m - 1, m - 1 - k, -1) if which == "top" else jnp.arange(k)
-    vals = theta[idx]
-    ys = y[:, idx]
-    vecs = (Q.T @ ys).T  # (k, n)
+    V, T, restarts, matvecs = _thick_restart_lanczos(
+        op.matvec, _start_vector(k0, op.dim, op.dtype), k1, k=k, m=m, keep=_kept(k, m), which=which,
+        max_restarts=restarts_max, rtol=rtol, tol=tol)
+    vals, ys, resid = _ritz(T, m, k, which)
+    vecs = ys.T @ V[:m]  # (k, n)
     vecs = vecs / jnp.linalg.norm(vecs, axis=1, keepdims=True)
-    resid = jnp.abs(betas[-1] * ys[-1])
     converged = resid <= rtol * jnp.abs(vals)
-    _warn_unconverged(vals, resid, converged, rtol, m)
-    return LanczosResult(vals, jax.vmap(op.unravel)(vecs), resid, alphas, betas, converged)
+    _warn_unconverged(vals, resid, converged, rtol, m, restarts, matvecs)
+    return LanczosResult(vals, jax.vmap(op.unravel)(vecs), resid, jnp.diagonal(T)[:m], jnp.diagonal(T, -1), converged,
+                         matvecs, restarts)
 
 
-def _warn_unconverged(vals: jax.Array, resid: jax.Array, converged: jax.Array, rtol: float, m: int) -> None:
+def _warn_unconverged(vals, resid, converged, rtol: float, m: int, restarts, matvecs) -> None:
     """One ``UserWarning`` when called eagerly and some Ritz value missed ``rtol``."""
     if isinstance(converged, jax.core.Tracer):
         return
@@ -533,8 +629,9 @@ def _warn_unconverged(vals: jax.Array, resid: jax.Array, converged: jax.Array, r
     if bad.size:
         rel = np.asarray(resid)[bad] / np.maximum(np.abs(np.asarray(vals)[bad]), np.finfo(np.float64).tiny)
         warnings.warn(
-            f"lanczos: {bad.size} of {converged.shape[0]} Ritz values not converged to rtol={rtol:g} after "
-            f"num_iters={m} (indices {bad.tolist()}, largest relative residual {rel.max():.2e}); raise num_iters",
+            f"lanczos: {bad.size} of {converged.shape[0]} Ritz values not converged to rtol={rtol:g} with a basis of "
+            f"{m} after {int(restarts)} restarts ({int(matvecs)} products; indices {bad.tolist()}, largest relative "
+            f"residual {rel.max():.2e}); raise max_restarts or basis_size (num_iters: a fixed-length run)",
             stacklevel=3,
         )
 
