@@ -50,6 +50,7 @@ CRITERIA = {
     "linear_recovery": 2e-2,  # max |attribution - (w or w*x0)| over methods, points, seeds
     "own_lowest_fraction": 1.0,  # fraction of (seed, point, neighbourhood) cases where the own method is lowest
     "tie_rtol": 1e-9,  # relative tie tolerance of "lowest"
+    "tie_atol": 1e-15,  # absolute tie tolerance of "lowest" (own losses can be exactly 0)
     "stein_rel": 0.05,  # max ||w_clime - w_smoothgrad|| / ||w_smoothgrad|| (added after the first run, see docstring)
 }
 
@@ -124,7 +125,7 @@ def loss_matrix(cfg: dict[str, Any], f, x0: jax.Array, key: jax.Array) -> tuple[
     return out, float(jnp.linalg.norm(w["clime"] - w["smoothgrad"]) / jnp.linalg.norm(w["smoothgrad"]))
 
 
-def run(config: dict[str, Any], ctx: RunContext) -> list[Claim]:
+def measure(config: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
     cfg = dict(config)
     with jax.enable_x64(True):
         key = jax.random.PRNGKey(cfg["seed"])
@@ -140,19 +141,30 @@ def run(config: dict[str, Any], ctx: RunContext) -> list[Claim]:
                 stein.append(gap)
     mats = np.stack(mats)  # (cases, N, M)
     own = np.einsum("cii->ci", mats)
-    others = np.where(np.eye(len(METHODS), dtype=bool)[None], np.inf, mats).min(axis=2)
-    wins = own <= others * (1 + CRITERIA["tie_rtol"]) + 1e-15
-    per_nb = {n: float(wins[:, i].mean()) for i, n in enumerate(METHODS)}
-    best_overall = {m: int((mats.argmin(axis=2) == j).sum()) for j, m in enumerate(METHODS)}
     rel = (mats + 1e-12) / (own[:, :, None] + 1e-12)  # floor: own losses can be exactly 0
     ctx.log("linear", max_error=lin_err)
-    ctx.log("loss_matrix", methods=list(METHODS), median=np.median(mats, 0).tolist(), own_lowest=per_nb)
+    ctx.log("loss_matrix", methods=list(METHODS), median=np.median(mats, 0).tolist(), own_lowest=_wins(mats)[1])
     _plot(ctx, np.median(rel, 0))
     ctx.log("stein", clime_vs_smoothgrad=stein)
-    return _claims(cfg, lin_err, wins, per_nb, best_overall, mats, np.asarray(stein))
+    return {"linear_error": lin_err, "loss_matrices": mats, "clime_vs_smoothgrad": stein}
 
 
-def _claims(cfg, lin_err, wins, per_nb, best_overall, mats, stein) -> list[Claim]:
+def _wins(mats: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
+    """Whether each (case, neighbourhood)'s own method is lowest (ties within
+    ``tie_rtol``/``tie_atol``), and the fraction per neighbourhood."""
+    own = np.einsum("cii->ci", mats)
+    others = np.where(np.eye(len(METHODS), dtype=bool)[None], np.inf, mats).min(axis=2)
+    wins = own <= others * (1 + CRITERIA["tie_rtol"]) + CRITERIA["tie_atol"]
+    return wins, {n: float(wins[:, i].mean()) for i, n in enumerate(METHODS)}
+
+
+def claims(measurements: dict[str, Any], config: dict[str, Any]) -> list[Claim]:
+    cfg = config
+    lin_err = measurements["linear_error"]
+    mats = np.asarray(measurements["loss_matrices"], np.float64)  # (cases, N, M)
+    stein = np.asarray(measurements["clime_vs_smoothgrad"], np.float64)
+    wins, per_nb = _wins(mats)
+    best_overall = {m: int((mats.argmin(axis=2) == j).sum()) for j, m in enumerate(METHODS)}
     n_cases = wins.shape[0]
     return [
         Claim.at_most(
