@@ -8,7 +8,7 @@ global minimum of F1 (-0.3) and F2 (~ -0.643) where Adam stops in the local one
 (0.2 and 0.0); the implementation matches a numpy reference to 1e-6.
 
 One training path: :func:`descents` builds every descent of a configuration; the
-run drives them with ``lgrad.train.run_loop`` (checkpointable with ``lgrad run
+run (:func:`measure`) drives them with ``lgrad.train.run_loop`` (checkpointable with ``lgrad run
 --checkpoint-every``), a sweep cell (:func:`train_cell`, vmapped by ``lgrad sweep``)
 with ``lgrad.train.scan_steps``, and both report through :func:`claims_of`. Before
 this the sweep cell had its own descent loop and claims; the move to one path left
@@ -39,7 +39,12 @@ CONFIGS = {
     "full": dict(_COMMON, n_starts=401),
 }
 SMOKE = dict(steps=12, n_starts=3)
-X64 = True  # float64 throughout (the engine runs `run`, and lgrad.sweep traces `train_cell`, under jax.enable_x64)
+X64 = True  # float64 throughout (the engine runs `measure`, and lgrad.sweep traces `train_cell`, under jax.enable_x64)
+CRITERIA = {
+    "endpoint_tolerance": 0.01,  # |x_end - minimiser| for "ends in the minimum" (and the reach fractions)
+    "reference_error": 1e-6,  # max |x_lgrad - x_numpy| over every step of F1-F3, both friction variants
+}
+OPTIMIZERS = ("Adam", "diffGrad", "diffGrad xi=0.5")
 
 
 # --- the three functions of Section IV-A ---------------------------------------
@@ -73,11 +78,9 @@ FUNCTIONS: dict[str, tuple[Callable, float, float | None]] = {
 def _optimizers(hp: dict[str, Any]) -> dict[str, optax.GradientTransformation]:
     """The three rules; ``hp`` values are Python floats (a run) or traced scalars (a sweep cell)."""
     opt = dict(b1=hp["b1"], b2=hp["b2"], eps=hp["eps"])
-    return {
-        "Adam": optax.adam(hp["learning_rate"], **opt),
-        "diffGrad": diffgrad(hp["learning_rate"], **opt),
-        "diffGrad xi=0.5": diffgrad(hp["learning_rate"], **opt, constant_friction=True),
-    }
+    rules = (optax.adam(hp["learning_rate"], **opt), diffgrad(hp["learning_rate"], **opt),
+             diffgrad(hp["learning_rate"], **opt, constant_friction=True))
+    return dict(zip(OPTIMIZERS, rules))
 
 
 def descents(static: dict[str, Any], hp: dict[str, Any]) -> dict[str, tuple[Any, Callable]]:
@@ -112,12 +115,13 @@ def descents(static: dict[str, Any], hp: dict[str, Any]) -> dict[str, tuple[Any,
 def summary(ends: dict[str, Any], xp: Any = jnp) -> dict[str, Any]:
     """Metrics from the end points ``{name: x}`` of :func:`descents` (``xp``: jnp or numpy):
     ``"F/R"`` the end point from ``x0``, ``"F/R/reach"`` the fraction of starts ending
-    within 0.01 of F's global minimum, ``diffgrad_gap`` = max(|x_F1 + 0.3|, |x_F2 + 0.643|)."""
+    within ``CRITERIA["endpoint_tolerance"]`` of F's global minimum, ``diffgrad_gap`` =
+    max(|x_F1 + 0.3|, |x_F2 + 0.643|)."""
     metrics = {}
     for name, x in ends.items():
         if name.endswith("/starts"):
             xstar = FUNCTIONS[name.split("/")[0]][1]
-            metrics[name.replace("/starts", "/reach")] = xp.mean(xp.abs(x - xstar) <= 0.01)
+            metrics[name.replace("/starts", "/reach")] = xp.mean(xp.abs(x - xstar) <= CRITERIA["endpoint_tolerance"])
         else:
             metrics[name] = x
     metrics["diffgrad_gap"] = xp.maximum(xp.abs(metrics["F1/diffGrad"] + 0.3), xp.abs(metrics["F2/diffGrad"] + 0.643))
@@ -126,24 +130,26 @@ def summary(ends: dict[str, Any], xp: Any = jnp) -> dict[str, Any]:
 
 def claims_of(config: dict[str, Any], m: dict[str, Any]) -> list[Claim]:
     """The paper's end-point claims from one configuration's metrics (a run or a sweep cell)."""
-    x0 = f"{config['x0']:g}"
+    x0, tol = f"{config['x0']:g}", CRITERIA["endpoint_tolerance"]
     f1_c, f2_c = float(m["F1/diffGrad xi=0.5"]), float(m["F2/diffGrad xi=0.5"])
     return [
-        Claim.within("F1-diffgrad-global", f"diffGrad from x0={x0} ends in F1's global minimum x=-0.3", float(m["F1/diffGrad"]), -0.3, 0.01),
-        Claim.within("F2-diffgrad-global", f"diffGrad from x0={x0} ends in F2's global minimum x~-0.643", float(m["F2/diffGrad"]), -0.643, 0.01),
-        Claim.within("F1-adam-local", f"Adam from x0={x0} stops in F1's local minimum x=0.2", float(m["F1/Adam"]), 0.2, 0.01),
-        Claim.within("F2-adam-local", f"Adam from x0={x0} stops in F2's local minimum x=0.0", float(m["F2/Adam"]), 0.0, 0.01),
+        Claim.within("F1-diffgrad-global", f"diffGrad from x0={x0} ends in F1's global minimum x=-0.3", float(m["F1/diffGrad"]), -0.3, tol),
+        Claim.within("F2-diffgrad-global", f"diffGrad from x0={x0} ends in F2's global minimum x~-0.643", float(m["F2/diffGrad"]), -0.643, tol),
+        Claim.within("F1-adam-local", f"Adam from x0={x0} stops in F1's local minimum x=0.2", float(m["F1/Adam"]), 0.2, tol),
+        Claim.within("F2-adam-local", f"Adam from x0={x0} stops in F2's local minimum x=0.0", float(m["F2/Adam"]), 0.0, tol),
         Claim.holds(
             "constant-friction-reaches-both",
             "the authors' first code (xi = 0.5) also reaches both global minima",
             {"F1": f1_c, "F2": f2_c},
-            "F1 within 0.01 of -0.3 and F2 within 0.01 of -0.643",
-            abs(f1_c + 0.3) <= 0.01 and abs(f2_c + 0.643) <= 0.01,
+            f"F1 within {tol:g} of -0.3 and F2 within {tol:g} of -0.643",
+            abs(f1_c + 0.3) <= tol and abs(f2_c + 0.643) <= tol,
         ),
     ]
 
 
-def run(config: dict[str, Any], ctx: RunContext) -> list[Claim]:
+def measure(config: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
+    """``metrics``: :func:`summary` of every descent's end point; ``reference_error``:
+    the largest gap to the numpy reference over all steps (:func:`_reference_error`)."""
     cfg = dict(config)
     static = {k: v for k, v in cfg.items() if k not in SWEEPABLE and k != "seed"}
     loops = descents(static, {k: cfg[k] for k in SWEEPABLE})
@@ -156,18 +162,30 @@ def run(config: dict[str, Any], ctx: RunContext) -> list[Claim]:
             trajectories[fname][oname] = np.asarray(res.history["params"])
             ctx.log_history(name, {"x": res.history["params"], "f": res.history["loss"]})
     metrics = {k: float(v) for k, v in summary(ends, np).items()}
-    finals = {f: {o: metrics[f"{f}/{o}"] for o in trajectories[f]} for f in FUNCTIONS}
-    reach = {f: {o: metrics[f"{f}/{o}/reach"] for o in trajectories[f]} for f in FUNCTIONS}
+    finals, reach = _tables(metrics)
     ref_err = _reference_error(cfg, trajectories)
-
     _plot(ctx, trajectories, finals)
     ctx.log("summary", finals=finals, reach_global_fraction=reach, reference_max_abs_error=ref_err)
+    return {"metrics": metrics, "reference_error": ref_err}
+
+
+def _tables(metrics: dict[str, float]) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+    """End points from x0 and reach fractions as ``{function: {rule: value}}``."""
+    finals = {f: {o: metrics[f"{f}/{o}"] for o in OPTIMIZERS} for f in FUNCTIONS}
+    reach = {f: {o: metrics[f"{f}/{o}/reach"] for o in OPTIMIZERS} for f in FUNCTIONS}
+    return finals, reach
+
+
+def claims(measurements: dict[str, Any], config: dict[str, Any]) -> list[Claim]:
+    """The claims from the end-point metrics, the reference gap and ``CRITERIA``."""
+    cfg, metrics = config, measurements["metrics"]
+    finals, reach = _tables(metrics)
     return [
         Claim.at_most(
             "numpy-reference",
             "lgrad's diffgrad (and its xi=0.5 variant) equals a plain numpy implementation of Algorithm 1 over all steps",
-            ref_err,
-            1e-6,
+            measurements["reference_error"],
+            CRITERIA["reference_error"],
             note="max |x_lgrad - x_numpy| over F1-F3, float64, both friction variants",
         ),
         *claims_of(cfg, metrics),
@@ -178,7 +196,8 @@ def run(config: dict[str, Any], ctx: RunContext) -> list[Claim]:
         ),
         Claim.finding(
             "global-reach-fraction",
-            f"fraction of {cfg['n_starts']} starts in [{cfg['start_low']}, {cfg['start_high']}] ending within 0.01 of the global minimum",
+            f"fraction of {cfg['n_starts']} starts in [{cfg['start_low']}, {cfg['start_high']}] ending within "
+            f"{CRITERIA['endpoint_tolerance']:g} of the global minimum",
             reach,
         ),
     ]
@@ -242,7 +261,7 @@ SWEEP_METRIC = ("diffgrad_gap", "min")
 
 
 def train_cell(static: dict[str, Any], hp: dict[str, Any], key: jax.Array) -> dict[str, jax.Array]:
-    """One sweep cell, the same training path as :func:`run`: end points of Adam /
+    """One sweep cell, the same training path as :func:`measure`: end points of Adam /
     diffGrad / xi=0.5 from ``x0`` on F1-F3 (``"F1/Adam"``, ...), the fraction of the
     ``n_starts`` starts each brings to the global minimum (``"F1/Adam/reach"``, ...) and
     ``diffgrad_gap`` = max(|x_F1 + 0.3|, |x_F2 + 0.643|) for diffGrad (0 is perfect).
