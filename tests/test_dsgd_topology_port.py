@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import experiments.dsgd_topology as exp
+from lgrad.distributed import topology
 from lgrad.engine.config import ConfigError, apply_overrides, validate_config
-from lgrad.engine.runner import RunContext
 
 TINY = dict(steps=20, n_seeds=2, samples_per_worker=20, dim=4, batch_size=5, check_steps=0)
 
@@ -57,21 +57,35 @@ def test_limits_and_bad_inputs():
         exp._graphs(12)
 
 
-def test_smoke_run_claims(tmp_path):
+def _measurements(cfg, **over):
+    """Hand-made measurements in the form measure returns (as read back from JSON)."""
+    graphs = exp._graphs(cfg["n_workers"])
+    cons = {"complete": [1e-12], "torus": [1e-3], "ring": [1e-2]}
+    m = dict(tail=6, final_cons=cons, final_sub={k: [0.1] for k in cons}, mean_cons={k: v[0] for k, v in cons.items()},
+             mean_sub={k: 0.1 for k in cons},
+             gaps={k: topology.spectral_gap(w) for k, w in exp._mixing(cfg["n_workers"]).items()},
+             degree={k: int(a.sum(1).max()) for k, a in graphs.items()},
+             bytes_sent={k: int(a.sum(1).max()) * cfg["dim"] * 4 for k, a in graphs.items()},
+             backends={"skipped": "check_steps = 0 in this config"})
+    return dict(m, **over)
+
+
+def test_claims_from_measurements():
     cfg = apply_overrides(exp.CONFIGS["quick"], dict(exp.SMOKE, dim=4, samples_per_worker=20))
-    with open(tmp_path / "metrics.jsonl", "w") as f:
-        claims = exp.run(cfg, RunContext(exp.NAME, "quick", tmp_path, show_progress=False, _metrics_file=f))
-    by_id = {c.id: c for c in claims}
+    by_id = {c.id: c for c in exp.claims(_measurements(cfg), cfg)}
     assert by_id["bytes-per-step"].passed and by_id["spectral-gaps-closed-form"].passed
+    assert by_id["consensus-order"].passed
     assert by_id["backends-agree"].is_skipped  # check_steps = 0 in SMOKE: skipped, never a finding
     assert "order-matches-spectral-gap" not in by_id  # restated consensus-order (issue 24)
-    assert (tmp_path / "consensus_loss.png").exists()
+    bad = _measurements(cfg, bytes_sent={"complete": 1, "torus": 1, "ring": 1}, backends={"worst": 1.0, "where": "x"})
+    by_id = {c.id: c for c in exp.claims(bad, cfg)}
+    assert not by_id["bytes-per-step"].passed and not by_id["backends-agree"].passed
 
 
 @pytest.mark.slow
 def test_backends_agree_compares_in_an_8_device_subprocess():
     cfg = apply_overrides(exp.CONFIGS["quick"], dict(exp.PROBE, dim=3, samples_per_worker=10, check_steps=3))
-    claim = exp._check_backends(cfg)
+    claim = exp._backend_claim(cfg, exp._compare_backends(cfg))
     if jax.device_count() == 1:
         assert "subprocess" in claim.statement, claim
     assert claim.passed is True, claim

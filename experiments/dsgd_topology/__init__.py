@@ -220,7 +220,7 @@ def _train(cfg, backend: str, steps: int, progress=None):
 
 
 def backend_probe(config: dict, backend: str, rounds: int = 3) -> dict[str, np.ndarray]:
-    """``rounds`` rounds of every graph's D-SGD on ``backend`` (``run``'s helpers):
+    """``rounds`` rounds of every graph's D-SGD on ``backend`` (``measure``'s helpers):
     the per-round metrics and the final parameters as numpy arrays."""
     hist, params, _, _ = _train(dict(config), backend, rounds)
     out = {k: np.asarray(v) for k, v in hist.items()}
@@ -253,7 +253,9 @@ def _measure(cfg, hist, data: federated.ClientData) -> dict[str, Any]:
     return out
 
 
-def run(config: dict[str, Any], ctx: RunContext) -> list[Claim]:
+def measure(config: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
+    """Tail means of consensus and f(xbar) - f* (:func:`_measure`, curves left out), the
+    spectral gaps, degrees, counted bytes and the backend comparison (:func:`_compare_backends`)."""
     cfg = dict(config)
     n = cfg["n_workers"]
     graphs = _graphs(n)
@@ -265,14 +267,21 @@ def run(config: dict[str, Any], ctx: RunContext) -> list[Claim]:
         c = np.mean(res["curves"][name]["consensus"], 0)
         f = np.mean(res["curves"][name]["subopt"], 0)
         ctx.log_history(name, {"consensus": c, "loss_minus_fstar": f}, every=cfg["log_every"])
-    _plot(ctx, res["curves"], gaps, cfg["steps"], n)
+    _plot(ctx, res.pop("curves"), gaps, cfg["steps"], n)
     ctx.log("summary", consensus=res["mean_cons"], loss_minus_fstar=res["mean_sub"], spectral_gap=gaps,
             bytes_sent=bytes_sent, backend=backend, devices=jax.device_count(), processes=jax.process_count())
     degree = {k: int(a.sum(1).max()) for k, a in graphs.items()}
-    return _claims(cfg, res, gaps, degree, bytes_sent) + [_check_backends(cfg)]
+    return dict(res, gaps=gaps, degree=degree, bytes_sent={k: int(v) for k, v in bytes_sent.items()},
+                backends=_compare_backends(cfg))
 
 
-def _claims(cfg, res, gaps, degree, bytes_sent) -> list[Claim]:
+def claims(measurements: dict[str, Any], config: dict[str, Any]) -> list[Claim]:
+    """The claims from the measurements and ``CRITERIA``."""
+    return _claims(config, measurements) + [_backend_claim(config, measurements["backends"])]
+
+
+def _claims(cfg, res) -> list[Claim]:
+    gaps, degree, bytes_sent = res["gaps"], res["degree"], res["bytes_sent"]
     mean_cons, fc, tail, T = res["mean_cons"], res["final_cons"], res["tail"], cfg["steps"]
     per_seed_order = [fc["complete"][i] < fc["torus"][i] < fc["ring"][i] for i in range(cfg["n_seeds"])]
     closed = _closed_form_gaps(cfg["n_workers"])
@@ -360,29 +369,36 @@ def _mesh_subprocess(cfg, steps: int, timeout: float = 600.0) -> dict[str, Any]:
     return json.loads(lines[-1][len("RESULT "):])
 
 
-def _check_backends(cfg) -> Claim:
+def _backend_statement(cfg) -> str:
+    return (f"vmap and mesh backends give the same consensus, loss and models over {cfg['check_steps']} steps "
+            "(all three graphs)")
+
+
+def _compare_backends(cfg) -> dict[str, Any]:
     """vmap vs mesh: on the devices of this process when several divide n, else in a subprocess
-    with 8 CPU devices; ``skipped`` (never a finding) when it cannot run."""
+    with 8 CPU devices. ``{"worst", "where"}``, or ``{"skipped": reason}`` when it cannot run."""
     n, D = cfg["n_workers"], jax.device_count()
-    statement = (f"vmap and mesh backends give the same consensus, loss and models over {cfg['check_steps']} steps "
-                 "(all three graphs)")
     if cfg["check_steps"] <= 0:
-        return Claim.skipped("backends-agree", statement, reason="check_steps = 0 in this config")
+        return {"skipped": "check_steps = 0 in this config"}
     small = dict(cfg, n_seeds=1)
     if D > 1 and n % D == 0:
         out = {b: backend_probe(small, b, cfg["check_steps"]) for b in ("vmap", "mesh")}
         worst = max(float(np.max(np.abs(out["vmap"][k] - out["mesh"][k]))) for k in out["vmap"])
-        where = f"{D} devices, {jax.process_count()} process(es)"
-    elif n % _MESH_DEVICES == 0 and jax.process_count() == 1:
+        return {"worst": worst, "where": f"{D} devices, {jax.process_count()} process(es)"}
+    if n % _MESH_DEVICES == 0 and jax.process_count() == 1:
         got = _mesh_subprocess(small, cfg["check_steps"])
         if "error" in got:
-            return Claim.skipped("backends-agree", statement,
-                                 reason=f"the {_MESH_DEVICES}-device subprocess failed: {got['error']}")
-        worst, where = got["worst"], f"{got['devices']} CPU devices in a subprocess (JAX_NUM_CPU_DEVICES)"
-    else:
-        return Claim.skipped("backends-agree", statement,
-                             reason=f"{D} device(s) do not divide n = {n} and {_MESH_DEVICES} do not either")
-    return Claim.at_most("backends-agree", f"{statement}; {where}", worst, CRITERIA["backend_error"],
+            return {"skipped": f"the {_MESH_DEVICES}-device subprocess failed: {got['error']}"}
+        return {"worst": got["worst"], "where": f"{got['devices']} CPU devices in a subprocess (JAX_NUM_CPU_DEVICES)"}
+    return {"skipped": f"{D} device(s) do not divide n = {n} and {_MESH_DEVICES} do not either"}
+
+
+def _backend_claim(cfg, m: dict[str, Any]) -> Claim:
+    """``backends-agree`` from :func:`_compare_backends`'s result: ``skipped`` (never a finding) when it did not run."""
+    statement = _backend_statement(cfg)
+    if "skipped" in m:
+        return Claim.skipped("backends-agree", statement, reason=m["skipped"])
+    return Claim.at_most("backends-agree", f"{statement}; {m['where']}", m["worst"], CRITERIA["backend_error"],
                          note="max abs difference, float32 (both runs through backend_probe, run's own helpers)")
 
 
