@@ -65,7 +65,8 @@ EXPECTED = (
     "matches eigh to 1e-4."
 )
 # The claims' thresholds (the paper gives pictures; these are the project's readings of them).
-THRESHOLDS = {"H-vs-GN-rel": 0.10, "lanczos-vs-eigh-rel": 1e-4}
+CRITERIA = {"H-vs-GN-rel": 0.10, "lanczos-vs-eigh-rel": 1e-4}
+X64 = True  # float64 throughout (exact spectra down to 1e-3 lambda_max)
 
 _COMMON = dict(
     seed=0,
@@ -197,11 +198,6 @@ def _spread(v) -> dict[str, float]:
 
 
 # ----------------------------------------------------------------------------- training / spectra
-def run(config: dict[str, Any], ctx: RunContext) -> list[Claim]:
-    with jax.enable_x64(True):
-        return _run(config, ctx)
-
-
 def _mixture(cfg, seed: int, k: int):
     """The data and init key of (seed, k): the data are fixed across widths."""
     kd, kp = jax.random.split(jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(cfg["seed"]), seed), k))
@@ -230,6 +226,7 @@ def _exact(cfg, ctx) -> dict[str, Any]:
     """Exact H spectra at the small widths for every seed; G and the Lanczos check on seed 0."""
     rel, widths, ks = cfg["zero_rel"], list(cfg["widths"]), sorted(cfg["ks"])
     out = dict(frac={k: np.zeros((cfg["seeds"], len(widths))) for k in ks}, spectra={}, hg={}, gaps={}, check={})
+    # frac[k]: (seeds, widths) near-zero fractions; hg["k=..,w=.."], gaps["k=..,w=.."]: seed 0
     for s in range(cfg["seeds"]):
         with ctx.variant(f"seed {s}"):
             jobs = [(k, w) for k in ks for w in widths]
@@ -246,9 +243,10 @@ def _exact(cfg, ctx) -> dict[str, Any]:
                     evg = np.asarray(_gauss_newton_spectrum(params, data))
                     out["spectra"][(k, w)] = ev
                     out["hg"][f"k={k},w={w}"] = top_rel_gap(ev[::-1], evg[::-1], k)
-                    out["gaps"][(k, w)] = largest_gap_count(ev, rel, cfg["outlier_window"])
+                    out["gaps"][f"k={k},w={w}"] = largest_gap_count(ev, rel, cfg["outlier_window"])
                     if k == max(ks) and w == cfg["lanczos_check_width"]:
                         out["check"] = _lanczos_check(cfg, params, data, ev, h)
+    out["frac"] = {str(k): f.tolist() for k, f in out["frac"].items()}
     return out
 
 
@@ -281,7 +279,7 @@ def _lanczos_pair(params, data, key, *, m, iters):
 def _large(cfg, ctx) -> dict[str, Any]:
     """Over-parametrised widths: Lanczos top eigenvalues of H and G for every k and seed; SLQ once."""
     ks, rel = sorted(cfg["ks"]), cfg["zero_rel"]
-    out: dict[str, Any] = dict(top={}, hg={}, count={}, slq={})
+    out: dict[str, Any] = dict(top={}, hg={}, count={}, slq={})  # hg/count[f"w={w}"][f"k={k}"]: per seed
     for w in cfg["large_widths"]:
         for k in ks:
             dim = n_params(cfg["dim"], w, k)
@@ -292,12 +290,12 @@ def _large(cfg, ctx) -> dict[str, Any]:
                     data, kp = _mixture(cfg, s, k)
                     params, losses, acc = _train(cfg, jax.random.fold_in(kp, w), data, w, k)
                     top_h, top_g = (np.asarray(a) for a in fn(params, data, jax.random.fold_in(kp, 11)))
+                    hg, count = top_rel_gap(top_h, top_g, k), largest_gap_count(top_h, rel, m)
                     out["top"][(w, k, s)] = top_h
-                    out["hg"][(w, k, s)] = top_rel_gap(top_h, top_g, k)
-                    out["count"][(w, k, s)] = largest_gap_count(top_h, rel, m)
+                    out["hg"].setdefault(f"w={w}", {}).setdefault(f"k={k}", []).append(hg)
+                    out["count"].setdefault(f"w={w}", {}).setdefault(f"k={k}", []).append(count)
                     ctx.log("large", width=w, k=k, seed=s, n_params=dim, top_h=top_h, top_g=top_g, train_acc=acc,
-                            final_loss=float(losses[-1]), hg_rel_gap_top_k=out["hg"][(w, k, s)],
-                            largest_gap_count=out["count"][(w, k, s)])
+                            final_loss=float(losses[-1]), hg_rel_gap_top_k=hg, largest_gap_count=count)
         out["slq"][w] = _slq(cfg, w)
     return out
 
@@ -317,14 +315,18 @@ def _slq(cfg, w) -> dict[str, Any]:
                 near_zero_mass=float(dens.mass_below(cfg["zero_rel"] * float(top[0]))))
 
 
-def _run(cfg: dict[str, Any], ctx: RunContext) -> list[Claim]:
-    check_config(cfg)
-    exact = _exact(cfg, ctx)
-    large = _large(cfg, ctx)
-    _plot_exact(ctx, exact["spectra"], list(cfg["widths"]), sorted(cfg["ks"]))
-    _plot_outliers(ctx, large, cfg)
-    _plot_slq(ctx, large["slq"], cfg["large_k"])
-    return _claims(cfg, exact, large)
+def measure(config: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
+    """Exact spectra (small widths), Lanczos H/G tops and SLQ (large widths); plots; the numbers the claims use."""
+    check_config(config)
+    exact = _exact(config, ctx)
+    large = _large(config, ctx)
+    _plot_exact(ctx, exact["spectra"], list(config["widths"]), sorted(config["ks"]))
+    _plot_outliers(ctx, large, config)
+    _plot_slq(ctx, large["slq"], config["large_k"])
+    slq = {f"w={w}": {"n_params": v["n_params"], "near_zero_mass": v["near_zero_mass"], "seconds_incl_compile": v["seconds"]}
+           for w, v in large["slq"].items()}
+    return {"exact": {key: exact[key] for key in ("frac", "hg", "gaps", "check")},
+            "large": {"hg": large["hg"], "count": large["count"], "slq": slq}}
 
 
 # ----------------------------------------------------------------------------- claims
@@ -332,7 +334,7 @@ def _bulk_claims(cfg, exact) -> list[Claim]:
     widths, rel, S = list(cfg["widths"]), cfg["zero_rel"], cfg["seeds"]
     claims = []
     for k in sorted(cfg["ks"]):
-        f = exact["frac"][k]  # (seeds, widths)
+        f = np.asarray(exact["frac"][str(k)], float)  # (seeds, widths)
         mean = f.mean(axis=0)
         mono = int(sum(all(b > a for a, b in zip(r, r[1:])) for r in f))
         claims.append(Claim.holds(
@@ -350,11 +352,10 @@ def _bulk_claims(cfg, exact) -> list[Claim]:
 
 
 def _large_claims(cfg, large) -> list[Claim]:
-    ks, S, th = sorted(cfg["ks"]), cfg["large_seeds"], THRESHOLDS["H-vs-GN-rel"]
-    hg = {f"k={k}": {f"w={w}": _spread([large["hg"][(w, k, s)] for s in range(S)]) for w in cfg["large_widths"]}
-          for k in ks}
+    ks, S, th = sorted(cfg["ks"]), cfg["large_seeds"], CRITERIA["H-vs-GN-rel"]
+    hg = {f"k={k}": {f"w={w}": _spread(large["hg"][f"w={w}"][f"k={k}"]) for w in cfg["large_widths"]} for k in ks}
     worst = max(v["mean"] for d in hg.values() for v in d.values())
-    counts = {f"w={w}": {f"k={k}": [large["count"][(w, k, s)] for s in range(S)] for k in ks} for w in cfg["large_widths"]}
+    counts = {f"w={w}": {f"k={k}": list(large["count"][f"w={w}"][f"k={k}"]) for k in ks} for w in cfg["large_widths"]}
     mean_counts = {w: [float(np.mean(c)) for c in d.values()] for w, d in counts.items()}
     grows = all(all(b >= a for a, b in zip(c, c[1:])) and c[-1] > c[0] for c in mean_counts.values())
     return [
@@ -382,10 +383,9 @@ def _large_claims(cfg, large) -> list[Claim]:
 def _findings(cfg, exact, large) -> list[Claim]:
     ks, widths = sorted(cfg["ks"]), list(cfg["widths"])
     S = cfg["large_seeds"]
-    exact_counts = {f"w={w}": [exact["gaps"][(k, w)] for k in ks] for w in widths}
-    large_counts = {f"w={w}": [[large["count"][(w, k, s)] for s in range(S)] for k in ks] for w in cfg["large_widths"]}
-    match = sum(c == k for w in cfg["large_widths"] for k in ks for c in
-                [large["count"][(w, k, s)] for s in range(S)])
+    exact_counts = {f"w={w}": [exact["gaps"][f"k={k},w={w}"] for k in ks] for w in widths}
+    large_counts = {f"w={w}": [list(large["count"][f"w={w}"][f"k={k}"]) for k in ks] for w in cfg["large_widths"]}
+    match = sum(c == k for w in cfg["large_widths"] for k in ks for c in large["count"][f"w={w}"][f"k={k}"])
     total = len(cfg["large_widths"]) * len(ks) * S
     return [
         Claim.finding(
@@ -404,21 +404,23 @@ def _findings(cfg, exact, large) -> list[Claim]:
         Claim.finding(
             "large-width-slq",
             f"SLQ near-zero mass of the Hessian at the large widths (k={cfg['large_k']}, seed 0)",
-            {f"w={w}": {"n_params": v["n_params"], "near_zero_mass": round(v["near_zero_mass"], 3),
-                        "seconds_incl_compile": round(v["seconds"], 2)} for w, v in large["slq"].items()},
+            {w: {"n_params": v["n_params"], "near_zero_mass": round(v["near_zero_mass"], 3),
+                 "seconds_incl_compile": round(v["seconds_incl_compile"], 2)} for w, v in large["slq"].items()},
             note="quadrature estimate (nodes within the threshold, unbroadened)",
         ),
     ]
 
 
-def _claims(cfg, exact, large) -> list[Claim]:
-    c = exact["check"]
+def claims(measurements: dict[str, Any], config: dict[str, Any]) -> list[Claim]:
+    """The claims from ``measure``'s numbers (as stored in result.json), ``config`` and ``CRITERIA``."""
+    cfg, exact, large = config, measurements["exact"], measurements["large"]
+    c, th = exact["check"], CRITERIA["lanczos-vs-eigh-rel"]
     return _bulk_claims(cfg, exact) + _large_claims(cfg, large) + [
         Claim.at_most(
             "lanczos-vs-eigh",
             f"Lanczos (full reorth., {cfg['lanczos_iters']} iterations) top-{cfg['lanczos_k']} eigenvalues match dense "
-            f"eigh to 1e-4 relative on a {c['n']}-parameter model",
-            c["err"], THRESHOLDS["lanczos-vs-eigh-rel"],
+            f"eigh to {th:g} relative on a {c['n']}-parameter model",
+            c["err"], th,
             note=f"model width {cfg['lanczos_check_width']}, k={max(cfg['ks'])}, seed 0; max Ritz residual "
                  f"{c['resid']:.2e}; Lanczos {c['lanczos_s']:.3f}s vs eigh {c['eigh_s']:.3f}s (eigh excludes building H)",
         ),
