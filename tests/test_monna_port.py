@@ -75,8 +75,11 @@ def test_claims_threshold_the_seed_mean_and_report_the_spread():
         return {"reference": s(ref), "alie": {"MoNNA": s(monna), "D-SGD": s(dsgd)}}
 
     cfg = _cfg(attacks=["alie"])
-    claims = {c.id: c for c in exp._claims(cfg, "alpha=1", [run(1.0, 1.05, 2.0), run(1.0, 1.2, 1.0)])}
+    measurements = {"nna_f0_error": 2e-7, "runs": {"alpha=1": [run(1.0, 1.05, 2.0), run(1.0, 1.2, 1.0)]}}
+    claims = {c.id: c for c in exp.claims(measurements, cfg)}
+    assert claims["nna-f0-is-mean"].passed and claims["nna-f0-is-mean"].measured == 2e-7
     c = claims["monna-alie-alpha=1"]
     assert c.measured["per_seed"] == [1.05, 1.2] and c.measured["mean"] == pytest.approx(1.125)
     assert c.passed is False and c.target == "mean <= 1.1"
     assert claims["averaging-fails-alie-alpha=1"].passed is True  # mean 1.5 > 1.1
+    assert claims["final-honest-loss-alpha=1"].measured == {"alie": {"MoNNA": [1.125, 0.9], "D-SGD": [1.5, 0.9]}}

@@ -257,7 +257,7 @@ def _check(cfg) -> None:
 
 
 def backend_probe(config: dict, backend: str, rounds: int = 3) -> dict[str, np.ndarray]:
-    """``rounds`` rounds of every run of the first alpha on ``backend`` (``run``'s
+    """``rounds`` rounds of every run of the first alpha on ``backend`` (``measure``'s
     helpers): per-round metrics, evaluations and final parameters as numpy arrays."""
     cfg = dict(config)
     _check(cfg)
@@ -269,42 +269,58 @@ def backend_probe(config: dict, backend: str, rounds: int = 3) -> dict[str, np.n
     return out
 
 
-# ----------------------------------------------------------------------------- run
-def run(config: dict[str, Any], ctx: RunContext) -> list[Claim]:
+# ----------------------------------------------------------------------------- measure / claims
+def measure(config: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
     cfg = dict(config)
     _check(cfg)
     n = cfg["n"]
     # NNA with f = 0 is the mean, on random vectors
     x = jax.random.normal(jax.random.PRNGKey(1), (n, 50))
     err0 = max(float(jnp.max(jnp.abs(robust.nna(x, 0, i) - jnp.mean(x, 0)))) for i in range(n))
-    claims = [Claim.at_most("nna-f0-is-mean", "NNA with f = 0 returns the mean at every node", err0,
-                            CRITERIA["nna_f0_error"], note=f"max abs difference over {n} nodes, 50-dim Gaussian vectors")]
     seeds = [cfg["seed"] + k for k in range(cfg["n_seeds"])]
     results: dict[str, list[dict[str, dict[str, Any]]]] = {}  # tag -> per seed: attack -> method -> summary
     total = len(seeds) * len(cfg["alphas"]) * (1 + len(cfg["attacks"]) * len(cfg["methods"]))
     bar = ctx.progress(total=total, desc="runs")
     for seed in seeds:
-        scfg = dict(cfg, seed=seed)
         for alpha in cfg["alphas"]:
             tag = f"alpha={alpha:g}"
-            one: dict[str, Any] = {}
-            for label, res in _runs(scfg, alpha, cfg["backend"], cfg["steps"]):
-                atk, _, method = label.partition("/")
-                summary = _summ(res)
-                if method:
-                    one.setdefault(atk, {})[method] = summary
-                else:
-                    one[atk] = summary
-                _log_evals(ctx, f"{tag}/seed{seed}/{label}", res)
-                bar.update(1)
-            results.setdefault(tag, []).append(one)
+            results.setdefault(tag, []).append(_measure_one(dict(cfg, seed=seed), alpha, f"{tag}/seed{seed}", ctx, bar))
     bar.close()
     ctx.log("summary", results=results, seeds=seeds, backend=cfg["backend"], devices=jax.device_count(),
             reference_backend=_reference_backend(cfg["backend"], n - cfg["f"]))
     _plot(ctx, {tag: runs[0] for tag, runs in results.items()}, cfg)
-    for tag, runs in results.items():
-        claims += _claims(cfg, tag, runs)
-    return claims
+    finals = {tag: [_finals(one) for one in runs] for tag, runs in results.items()}
+    return {"nna_f0_error": err0, "runs": finals}
+
+
+def _measure_one(cfg: dict[str, Any], alpha: float, series: str, ctx: RunContext, bar) -> dict[str, Any]:
+    """One seed and alpha: the reference's summary and every attack's per-method summaries."""
+    one: dict[str, Any] = {}
+    for label, res in _runs(cfg, alpha, cfg["backend"], cfg["steps"]):
+        atk, _, method = label.partition("/")
+        summary = _summ(res)
+        if method:
+            one.setdefault(atk, {})[method] = summary
+        else:
+            one[atk] = summary
+        _log_evals(ctx, f"{series}/{label}", res)
+        bar.update(1)
+    return one
+
+
+def _finals(one: dict[str, Any]) -> dict[str, Any]:
+    """The final loss and accuracy of every summary of one seed (the curves stay in the logs)."""
+    pick = lambda v: {k: v[k] for k in ("final_loss", "final_acc")}  # noqa: E731
+    return {atk: pick(row) if atk == "reference" else {m: pick(v) for m, v in row.items()} for atk, row in one.items()}
+
+
+def claims(measurements: dict[str, Any], config: dict[str, Any]) -> list[Claim]:
+    n = config["n"]
+    out = [Claim.at_most("nna-f0-is-mean", "NNA with f = 0 returns the mean at every node", measurements["nna_f0_error"],
+                         CRITERIA["nna_f0_error"], note=f"max abs difference over {n} nodes, 50-dim Gaussian vectors")]
+    for tag, runs in measurements["runs"].items():
+        out += _claims(config, tag, runs)
+    return out
 
 
 def _spread(values) -> dict[str, Any]:
