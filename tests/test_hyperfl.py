@@ -103,3 +103,26 @@ def test_validation(kw, match):
     args = dict(steps_per_epoch=1, batch_size=2) | kw
     with pytest.raises(ValueError, match=match):
         hyperfl_client(_model(), **args)
+
+
+def test_hyperfl_inversion_claims_are_pure_and_follow_criteria():
+    """The experiment's claims() on hand-made measurements (no training): the GIFD claim
+    passes iff GIFD's mean PSNR exceeds the latent-only search's."""
+    from lgrad.engine.claims import json_roundtrip
+    from experiments.hyperfl_inversion import CONFIGS, claims
+
+    cfg = CONFIGS["quick"]
+    names = ("fedavg", "hyperfl", "hyperfl_known_state", "hyperfl_random_state", "gifd", "latent_only")
+    psnr = {k: [30.0 + i, 31.0 + i] for i, k in enumerate(names)}
+    m = {"acc_hyperfl": [0.9, 0.92], "acc_fedavg": [0.91, 0.9], "psnr": psnr,
+         "ssim": {k: [0.5, 0.6] for k in names}, "skipped": {k: [0, 0] for k in names},
+         "label_ok": [True, True], "image_seed": [0, 1], "psnr_gifd_stages": [[1.0, 2.0, 3.0, 4.0]] * 2,
+         "gifd_best": [3, 3], "gifd_radii": [3.9, 33.2, 117.2], "bytes_up": {"hyperfl": 1.0, "fedavg": 2.0},
+         "generator": {"train_rows": 1500, "excluded_rows": 297, "loss": 1.0, "reconstruction": 1.0, "kl": 1.0}}
+    out = {c.id: c for c in claims(json_roundtrip(m), cfg)}
+    assert out["gifd-feature-beats-latent"].passed is False  # latent-only 35/36 dB > GIFD 34/35 dB
+    assert out["gifd-feature-beats-latent"].measured["gain_db"] == pytest.approx(-1.0)
+    m["psnr"]["gifd"] = [40.0, 40.0]
+    out2 = {c.id: c for c in claims(json_roundtrip(m), cfg)}
+    assert out2["gifd-feature-beats-latent"].passed is True
+    assert out2["psnr-gap"] == out["psnr-gap"] and out2["psnr-gap"].measured == pytest.approx(-1.0)

@@ -310,7 +310,7 @@ def _train_generator(cfg, seeds, ctx: RunContext):
     dec, hist = _generator.train(ds.x[rows], steps=cfg["gen_steps"], batch_size=min(cfg["gen_batch_size"], len(rows)),
                                  learning_rate=cfg["gen_lr"], key=jax.random.PRNGKey(cfg["seed"] + 3000),
                                  progress=ctx.progress)
-    ctx.log_history("generator", hist)
+    ctx.log_history("generator", hist, every=max(1, cfg["gen_steps"] // 30))
     tail = lambda k: float(np.mean(np.asarray(hist[k])[-100:]))  # noqa: E731
     return dec, {"train_rows": int(len(rows)), "excluded_rows": int(len(held)), "loss": tail("loss"),
                  "reconstruction": tail("reconstruction"), "kl": tail("kl")}
