@@ -93,3 +93,22 @@ def test_every_method_runs_and_mesh_equals_vmap_on_one_device():
         assert np.isfinite(out.evals["test_acc"]).all()
     with pytest.raises(ValueError, match="method must be one of"):
         exp._algorithm(cfg, "trimmed", data.truth, "vmap")
+
+
+def test_claims_from_hand_made_measurements():
+    """``claims`` alone, on measurements as read back from JSON (2 seeds)."""
+    pr = lambda p, r, true=5: {"precision": p, "recall": r, "flagged": 5, "true": true, "precision_end": p, "recall_end": r}  # noqa: E731
+    per_class = {"sign": [pr(1.0, 1.0), pr(1.0, 0.8)], "noise": [pr(0.5, 1.0), pr(0.75, 1.0)], "label": [pr(0.0, float("nan"), 0)] * 2}
+    measurements = {
+        "acc": [{exp.REFERENCE: 0.9, "MUD-HoG": 0.85, "FedAvg": 0.8}, {exp.REFERENCE: 0.9, "MUD-HoG": 0.75, "FedAvg": 0.8}],
+        "detection": {"round": 5, "per_class": per_class},
+        "heterogeneity": [{"alpha": 10.0, "round": 5, "per_class": per_class, "final_acc": [0.5, 0.75]}],
+    }
+    out = {c.id: c for c in exp.claims(measurements, exp.CONFIGS["quick"])}
+    assert set(out) == {"detect-sign-round5", "detect-noise-round5", "accuracy-vs-baselines", "final-accuracy", "heterogeneity-alpha10"}
+    assert out["detect-sign-round5"].passed and out["detect-sign-round5"].measured["mean"] == 0.9
+    assert not out["detect-noise-round5"].passed and out["detect-noise-round5"].target == "mean >= 0.9"
+    acc = out["accuracy-vs-baselines"]
+    assert acc.measured["per_seed"] == [0.05, -0.05] and acc.measured["mean"] == 0.0 and acc.passed
+    assert out["final-accuracy"].measured["MUD-HoG"] == [0.8, 0.05]
+    assert out["heterogeneity-alpha10"].measured["sign"] == [1.0, 0.9] and "0.625 +- 0.125" in out["heterogeneity-alpha10"].note

@@ -190,7 +190,7 @@ class _Data(NamedTuple):
 
 
 def check_config(cfg: dict[str, Any]) -> None:
-    """Constraints between keys (the runner calls it before anything is computed; ``run`` again)."""
+    """Constraints between keys (the runner calls it before anything is computed; ``measure`` again)."""
     faulty = sum(cfg[k] for k in _COUNT_KEYS)
     if faulty > cfg["n_clients"]:
         raise ValueError(f"n_sign + n_noise + n_label + n_unreliable = {faulty} exceeds n_clients={cfg['n_clients']}")
@@ -332,7 +332,7 @@ def _spread(values) -> dict[str, Any]:
             "per_seed": [round(float(x), 4) for x in v]}
 
 
-def run(config: dict[str, Any], ctx: RunContext) -> list[Claim]:
+def measure(config: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
     cfg = config
     check_config(cfg)
     seeds = [cfg["seed"] + k for k in range(cfg["n_seeds"])]
@@ -346,17 +346,26 @@ def run(config: dict[str, Any], ctx: RunContext) -> list[Claim]:
             alpha_runs[a].append(_seed_run(ctx, dict(cfg, seed=s, alpha=float(a)), ["MUD-HoG"]))
             bar.update(1)
     bar.close()
-    acc = {m: _spread([r["acc"][m] for r in runs]) for m in methods}
-    claims: list[Claim] = []
+    out: dict[str, Any] = {"acc": [r["acc"] for r in runs]}  # per seed: method -> final test accuracy
     if "MUD-HoG" in cfg["methods"]:
-        claims += _detection_claims(ctx, cfg, runs)
-        claims += _accuracy_claims(runs)
+        out["detection"] = _detection(ctx, cfg, runs)
         first = runs[0]
         _plot(ctx, first["results"], first["flags"], first["truth"], cfg)
-    claims.append(Claim.finding("final-accuracy", f"final test accuracy of every method (mean, std over "
-                                f"{len(seeds)} seeds)", {m: [v["mean"], v["std"]] for m, v in acc.items()}))
-    claims += [_heterogeneity_finding(ctx, cfg, a, rs) for a, rs in alpha_runs.items()]
-    return claims
+    out["heterogeneity"] = [_heterogeneity(ctx, cfg, a, rs) for a, rs in alpha_runs.items()]
+    return out
+
+
+def claims(measurements: dict[str, Any], config: dict[str, Any]) -> list[Claim]:
+    acc_runs = measurements["acc"]
+    acc = {m: _spread([r[m] for r in acc_runs]) for m in acc_runs[0]}
+    out: list[Claim] = []
+    if "detection" in measurements:
+        out += _detection_claims(measurements["detection"])
+        out += _accuracy_claims(acc_runs)
+    out.append(Claim.finding("final-accuracy", f"final test accuracy of every method (mean, std over "
+                             f"{len(acc_runs)} seeds)", {m: [v["mean"], v["std"]] for m, v in acc.items()}))
+    out += [_heterogeneity_finding(h) for h in measurements["heterogeneity"]]
+    return out
 
 
 def _per_class(cfg, runs) -> dict[str, list[dict[str, Any]]]:
@@ -371,13 +380,18 @@ def _per_class(cfg, runs) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
-def _detection_claims(ctx, cfg, runs) -> list[Claim]:
-    r = min(cfg["detect_round"], len(runs[0]["flags"]))
+def _detection(ctx, cfg, runs) -> dict[str, Any]:
+    """The round the detection is judged at and the per-class precision/recall per seed (flags logged)."""
     per = _per_class(cfg, runs)
     for i, run_ in enumerate(runs):
         for t in range(len(run_["flags"])):
             ctx.log("mudhog/flags", step=t + 1, seed=cfg["seed"] + i, flags=run_["flags"][t])
     ctx.log("summary", truth=runs[0]["truth"], per_class=per)
+    return {"round": min(cfg["detect_round"], len(runs[0]["flags"])), "per_class": per}
+
+
+def _detection_claims(detection: dict[str, Any]) -> list[Claim]:
+    r, per = detection["round"], detection["per_class"]
     threshold = CRITERIA["detect_precision_recall"]
     claims = []
     for cls, vs in per.items():
@@ -395,29 +409,34 @@ def _detection_claims(ctx, cfg, runs) -> list[Claim]:
     return claims
 
 
-def _accuracy_claims(runs) -> list[Claim]:
-    others = [m for m in runs[0]["acc"] if m not in ("MUD-HoG", REFERENCE)]
+def _accuracy_claims(acc_runs: list[dict[str, float]]) -> list[Claim]:
+    others = [m for m in acc_runs[0] if m not in ("MUD-HoG", REFERENCE)]
     if not others:
         return []
-    mean = {m: float(np.mean([r["acc"][m] for r in runs])) for m in runs[0]["acc"]}
+    mean = {m: float(np.mean([r[m] for r in acc_runs])) for m in acc_runs[0]}
     best = max(others, key=mean.get)
-    diff = _spread([r["acc"]["MUD-HoG"] - r["acc"][best] for r in runs])
+    diff = _spread([r["MUD-HoG"] - r[best] for r in acc_runs])
     return [Claim.holds(
         "accuracy-vs-baselines",
         f"MUD-HoG's final test accuracy is at least that of FedAvg, median and Krum (seed-mean MUD-HoG minus the "
-        f"best seed-mean baseline, {len(runs)} seeds)",
+        f"best seed-mean baseline, {len(acc_runs)} seeds)",
         diff, f"mean >= {CRITERIA['accuracy_margin']:g}", diff["mean"] >= CRITERIA["accuracy_margin"],
         note=f"seed-mean final accuracies {', '.join(f'{m} {a:.3f}' for m, a in mean.items())}; best baseline {best}")]
 
 
-def _heterogeneity_finding(ctx, cfg, alpha: float, runs) -> Claim:
+def _heterogeneity(ctx, cfg, alpha: float, runs) -> dict[str, Any]:
+    """MUD-HoG's detection and final accuracy per seed at Dirichlet ``alpha`` (logged)."""
     per = _per_class(cfg, runs)
-    final = _spread([r["acc"]["MUD-HoG"] for r in runs])
-    ctx.log("heterogeneity", alpha=float(alpha), per_class=per, final_acc=final)
-    r = min(cfg["detect_round"], len(runs[0]["flags"]))
+    final = [r["acc"]["MUD-HoG"] for r in runs]
+    ctx.log("heterogeneity", alpha=float(alpha), per_class=per, final_acc=_spread(final))
+    return {"alpha": alpha, "round": min(cfg["detect_round"], len(runs[0]["flags"])), "per_class": per, "final_acc": final}
+
+
+def _heterogeneity_finding(h: dict[str, Any]) -> Claim:
+    alpha, r, per, final = h["alpha"], h["round"], h["per_class"], _spread(h["final_acc"])
     return Claim.finding(
         f"heterogeneity-alpha{alpha:g}",
-        f"per-class mean [precision, recall] by round {r} with Dirichlet alpha = {alpha:g} ({len(runs)} seeds)",
+        f"per-class mean [precision, recall] by round {r} with Dirichlet alpha = {alpha:g} ({len(h['final_acc'])} seeds)",
         {c: [round(float(np.mean([v["precision"] for v in vs])), 2), round(float(np.mean([v["recall"] for v in vs])), 2)]
          for c, vs in per.items()},
         note=f"MUD-HoG final accuracy {final['mean']:.3f} +- {final['std']:.3f}")
