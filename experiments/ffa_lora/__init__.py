@@ -272,7 +272,9 @@ def _epsilons(cfg, clients) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- run
-def run(config: dict[str, Any], ctx: RunContext) -> list[Claim]:
+def measure(config: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
+    """Merge errors, the (alpha, eta) equivalence gap, frozen-bit count, SGD accuracies and
+    bytes, DP accuracies (sigmas, seeds; float32) and the privacy accounting."""
     cfg = dict(config)
     setup = _Setup(cfg)
     alpha, lr, c = cfg["lora_alpha"], cfg["learning_rate"], cfg["equivalence_c"]
@@ -293,14 +295,20 @@ def run(config: dict[str, Any], ctx: RunContext) -> list[Claim]:
     ctx.log("summary", pretrained_acc=setup.pretrained_acc, merge=merge, equivalence=equiv,
             dp_acc={m: v.tolist() for m, v in dp.items()}, privacy=eps)
     _plot(ctx, cfg, setup, sgd, dp, eps, dw, dw_c)
-    return _claims(cfg, setup, sgd, merge, equiv, dp, eps)
+    return {
+        "pretrained_acc": setup.pretrained_acc, "merge": merge, "equivalence": equiv,
+        "frozen_changed": int(np.sum(sgd["FFA-LoRA"][2]["frozen_changed"])),
+        "sgd_acc": {m: float(r[2]["acc"][-1]) for m, r in sgd.items()},
+        "bytes_up": {m: int(r[2]["bytes_up"][-1]) for m, r in sgd.items()},
+        "dp_acc": {m: v.tolist() for m, v in dp.items()}, "privacy": eps,
+    }
 
 
-def _claims(cfg, setup, sgd, merge, equiv, dp, eps) -> list[Claim]:
-    ffa_hist, lora_hist = sgd["FFA-LoRA"][2], sgd["LoRA"][2]
-    changed = int(np.sum(ffa_hist["frozen_changed"]))
+def claims(measurements: dict[str, Any], config: dict[str, Any]) -> list[Claim]:
+    """The claims from the measurements and ``CRITERIA``."""
+    cfg, merge, changed = config, measurements["merge"], measurements["frozen_changed"]
     setting = f"{cfg['n_clients']} clients, rank {cfg['rank']}, alpha {cfg['lora_alpha']:g}, {cfg['rounds']} rounds of SGD"
-    claims = [
+    out = [
         Claim.at_most(
             "ffa-aggregation-exact",
             f"FFA-LoRA: the server's scale * A mean(B_i) equals mean(scale * A B_i) ({setting}; max abs over layers, "
@@ -320,12 +328,14 @@ def _claims(cfg, setup, sgd, merge, equiv, dp, eps) -> list[Claim]:
             "alpha-lr-equivalence",
             f"FFA-LoRA with SGD and no noise: (alpha, eta) = ({cfg['lora_alpha']:g}, {cfg['learning_rate']:g}) and "
             f"(c alpha, eta / c^2) with c = {cfg['equivalence_c']:g} give the same Delta W (max abs over layers)",
-            equiv, CRITERIA["equivalence_error"]),
+            measurements["equivalence"], CRITERIA["equivalence_error"]),
     ]
-    return claims + _findings(cfg, setup, sgd, dp, eps, ffa_hist, lora_hist)
+    return out + _findings(cfg, measurements)
 
 
-def _findings(cfg, setup, sgd, dp, eps, ffa_hist, lora_hist) -> list[Claim]:
+def _findings(cfg, meas) -> list[Claim]:
+    eps = meas["privacy"]
+    dp = {k: np.asarray(v, np.float32) for k, v in meas["dp_acc"].items()}  # as measured
     fmt = lambda a: {f"sigma={s:g}": [round(float(a[i].mean()), 4), round(float(a[i].std()), 4)]  # noqa: E731
                      for i, s in enumerate(cfg["sigmas"])}
     eps_note = (", ".join(f"{k}: eps {v:.2f}" for k, v in eps["epsilon"].items()) if eps.get("epsilon")
@@ -334,7 +344,7 @@ def _findings(cfg, setup, sgd, dp, eps, ffa_hist, lora_hist) -> list[Claim]:
         Claim.finding(
             "accuracy-no-noise",
             f"test accuracy after {cfg['rounds']} rounds of plain SGD fine-tuning (pretrained model: "
-            f"{setup.pretrained_acc:.4f})", {m: float(r[2]["acc"][-1]) for m, r in sgd.items()}),
+            f"{meas['pretrained_acc']:.4f})", meas["sgd_acc"]),
         Claim.finding(
             "accuracy-under-dp",
             f"test accuracy [mean, std over {cfg['n_seeds']} seeds] after {cfg['dp_rounds']} rounds of DP-SGD "
@@ -347,7 +357,7 @@ def _findings(cfg, setup, sgd, dp, eps, ffa_hist, lora_hist) -> list[Claim]:
         Claim.finding(
             "bytes-up-per-client",
             "bytes each client sends per round (FFA-LoRA: B only; LoRA: A and B)",
-            {"FFA-LoRA": int(ffa_hist["bytes_up"][-1]), "LoRA": int(lora_hist["bytes_up"][-1])}),
+            meas["bytes_up"]),
     ]
 
 
