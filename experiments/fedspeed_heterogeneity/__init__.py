@@ -310,9 +310,9 @@ def _ls_claims(cfg, ls) -> list[Claim]:
 def _mnist_claims(cfg, mn) -> list[Claim]:
     alphas, fin = cfg["dirichlet_alphas"], mn["final"]
     gap = fin["FedSpeed"] - fin["FedAvg"]  # (alphas, seeds)
-    claims = []
+    out = []
     for i, a in enumerate(alphas):
-        claims.append(Claim.at_least(
+        out.append(Claim.at_least(
             f"mnist-accuracy-alpha{a:g}",
             f"MNIST-5k, Dirichlet alpha = {a:g}, {cfg['n_clients']} clients, {cfg['rounds']} rounds: FedSpeed's "
             f"test accuracy minus FedAvg's (mean over {cfg['n_seeds']} seeds)", float(gap[i].mean()),
@@ -323,19 +323,19 @@ def _mnist_claims(cfg, mn) -> list[Claim]:
     order = np.argsort(alphas)
     means = gap.mean(1)[order]
     if len(alphas) >= 2:
-        claims.append(Claim.holds(
+        out.append(Claim.holds(
             "gap-grows-as-alpha-falls",
             "the accuracy gap FedSpeed - FedAvg (seed mean) grows as the Dirichlet alpha falls (more heterogeneity)",
             {f"alpha={alphas[j]:g}": float(gap[j].mean()) for j in order}, "gap strictly decreasing in alpha",
             bool(np.all(np.diff(means) < 0))))
     if "FedSpeed rho=0" in fin:
-        claims.append(Claim.finding(
+        out.append(Claim.finding(
             "ablation-rho0",
             "FedSpeed without the perturbation (rho = 0): test accuracy per alpha (seed mean), next to FedSpeed",
             {f"alpha={a:g}": {"rho=0": float(fin["FedSpeed rho=0"][i].mean()), "rho": float(fin["FedSpeed"][i].mean())}
              for i, a in enumerate(alphas)},
             note="separates the prox-correction's share of the gain from the ascent step's"))
-    return claims
+    return out
 
 
 def _plot(ctx: RunContext, cfg, ls, mn) -> None:
