@@ -71,3 +71,19 @@ def test_backend_probe_vmap_equals_mesh_on_one_device():
     assert a.keys() == b.keys() and {"float/params/w", "one_byte/loss"} <= a.keys()
     for k in a:
         np.testing.assert_allclose(a[k], b[k], atol=1e-5, err_msg=k)
+
+
+def test_claims_from_hand_made_measurements():
+    """``claims`` alone, on measurements as read back from JSON."""
+    run = lambda final, bytes_, identical=True: dict(  # noqa: E731
+        final=final, identical=identical, bytes_per_step=bytes_, bytes_history_max=bytes_, calls=1, skipped=0)
+    m = {"mean_cosine": 0.97, "cosine_counts": [1, 4], "cosine_curve": [0.1, 0.31234], "init_loss": 10.0,
+         "least_squares_loss": 0.01, "runs": {"float": run(0.02, 4.0), "one_byte": run(0.0205, 1.0)}}
+    out = {c.id: c for c in exp.claims(m, CFG)}
+    assert out["spsa-cosine"].passed and out["spsa-cosine"].note.endswith("{1: 0.1, 4: 0.3123}")
+    assert out["bitwise-identical"].passed and out["one-byte-vs-float"].passed
+    assert out["one-byte-vs-float"].measured == pytest.approx(0.025)
+    assert out["bytes-per-step"].passed and out["bytes-per-step"].target == "== 1 (1 per sample)"
+    m["runs"]["one_byte"] = run(0.03, 4.0, identical=False)
+    out = {c.id: c for c in exp.claims(m, CFG)}
+    assert not any(out[k].passed for k in ("bitwise-identical", "one-byte-vs-float", "bytes-per-step"))
