@@ -167,7 +167,9 @@ def _run_ordering(cfg, data: federated.ClientData, test_xy, selection: np.ndarra
 
 
 # ----------------------------------------------------------------------------- run, claims
-def run(config: dict[str, Any], ctx: RunContext) -> list[Claim]:
+def measure(config: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
+    """``final``: test accuracy after the last round per ordering, (alphas, seeds) (float32);
+    ``expert_acc``: the scoring expert's train accuracy."""
     cfg = dict(config)
     train, test = train_test_split(digits(), 0.2, seed=cfg["seed"])
     x, y = np.asarray(train.x, np.float32), np.asarray(train.y, np.int32)
@@ -190,10 +192,13 @@ def run(config: dict[str, Any], ctx: RunContext) -> list[Claim]:
             ctx.log_history(f"{k}/alpha={a:g}/seed={s}", {"test_acc": c[:, j]}, every=5)
     ctx.log("summary", expert_train_acc=expert_acc, final={k: v.tolist() for k, v in final.items()})
     _plot(ctx, cfg, final)
-    return _claims(cfg, final, expert_acc)
+    return {"final": {k: v.tolist() for k, v in final.items()}, "expert_acc": expert_acc}
 
 
-def _claims(cfg, final, expert_acc) -> list[Claim]:
+def claims(measurements: dict[str, Any], config: dict[str, Any]) -> list[Claim]:
+    """The claims from the final accuracies and ``CRITERIA``."""
+    cfg, expert_acc = config, measurements["expert_acc"]
+    final = {k: np.asarray(v, np.float32) for k, v in measurements["final"].items()}  # as measured
     alphas = np.asarray(cfg["dirichlet_alphas"], float)
     lo, hi = int(np.argmin(alphas)), int(np.argmax(alphas))
     gap = final["curriculum"] - final["random"]  # (alphas, seeds)
@@ -201,7 +206,7 @@ def _claims(cfg, final, expert_acc) -> list[Claim]:
     per_alpha = {f"alpha={a:g}": [round(float(gap[i].mean()), 4), round(float(gap[i].std()), 4)] for i, a in enumerate(alphas)}
     diff = float(gap[lo].mean() - gap[hi].mean())
     se = float(np.sqrt((gap[lo].var() + gap[hi].var()) / cfg["n_seeds"]))
-    claims = [
+    out = [
         Claim.holds(
             "gap-grows-with-heterogeneity",
             f"accuracy gap curriculum - random (mean of {cfg['n_seeds']} seeds) at alpha = {alphas[lo]:g} exceeds the "
@@ -212,7 +217,7 @@ def _claims(cfg, final, expert_acc) -> list[Claim]:
                  "gap is reported too: a positive difference between two negative gaps means curricula hurt less, "
                  "not that they help"),
     ]
-    claims += [
+    out += [
         Claim.finding(
             "accuracy-per-ordering",
             "final test accuracy [mean, std over seeds] per ordering and alpha",
@@ -226,11 +231,11 @@ def _claims(cfg, final, expert_acc) -> list[Claim]:
     ]
     if "curriculum + selection" in final:
         sel = final["curriculum + selection"] - final["random"]
-        claims.append(Claim.finding(
+        out.append(Claim.finding(
             "client-selection-gap",
             "curriculum ordering plus client selection by difficulty, minus random ordering [mean, std] per alpha",
             {f"alpha={a:g}": [round(float(sel[i].mean()), 4), round(float(sel[i].std()), 4)] for i, a in enumerate(alphas)}))
-    return claims
+    return out
 
 
 def _plot(ctx: RunContext, cfg, final) -> None:
