@@ -187,7 +187,9 @@ def _cosines(cfg, run) -> np.ndarray:
     return np.asarray(jax.vmap(jax.vmap(one))(hist.hx, hist.hy, run["arrays"]))
 
 
-def run(config: dict[str, Any], ctx: RunContext) -> list[Claim]:
+def measure(config: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
+    """``cosines``: (seeds, clients) surrogate-gradient cosines; ``curves``: per method the
+    cumulative queries per client (rounds + 1,) and F - F* (rounds + 1, seeds)."""
     cfg = dict(config)
     r = _run(cfg, ctx)
     for j, s in enumerate(r["seeds"]):
@@ -196,7 +198,14 @@ def run(config: dict[str, Any], ctx: RunContext) -> list[Claim]:
     cos = _cosines(cfg, r)
     curves = _query_curves(cfg, r["hist"])
     _plot(ctx, cfg, curves)
-    return _claims(cfg, cos, curves)
+    return {"cosines": cos.tolist(), "curves": {k: {"queries": q.tolist(), "gap": g.tolist()} for k, (q, g) in curves.items()}}
+
+
+def claims(measurements: dict[str, Any], config: dict[str, Any]) -> list[Claim]:
+    """The claims from the cosines, the query curves and ``CRITERIA``."""
+    curves = {k: (np.asarray(c["queries"], np.float64), np.asarray(c["gap"], np.float64))
+              for k, c in measurements["curves"].items()}
+    return _claims(config, np.asarray(measurements["cosines"], np.float64), curves)
 
 
 def _query_curves(cfg, hist) -> dict[str, tuple[np.ndarray, np.ndarray]]:
