@@ -180,9 +180,8 @@ def _run_exact(cfg, seed: int) -> dict[str, Any]:
     w_sp = _scipy_logistic(x, y, cfg["l2"])
     vals, gn = np.asarray(res.values), np.asarray(res.grad_norms)
     k = int(res.iterations)
-    hit = np.flatnonzero(gn[: k + 1] < CRITERIA["grad_tol"])
     return {
-        "values": vals, "grad_norms": gn, "iterations": k, "iterations_to_tol": int(hit[0]) if len(hit) else None,
+        "values": vals, "grad_norms": gn, "iterations": k,
         "grad_norm": float(res.grad_norm),
         "max_increase": float(np.max(np.diff(vals[: k + 1]))) if k else 0.0,
         "scipy_distance": float(np.max(np.abs(np.asarray(res.params) - w_sp))),
@@ -220,7 +219,9 @@ def _run_lse_mu(cfg, seed: int, kinds) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- run
-def run(config: dict[str, Any], ctx: RunContext) -> list[Claim]:
+def measure(config: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
+    """Per seed: the exact-Hessian run's summary with its ||grad f|| per iteration
+    (``exact``), the log-linear fits and iteration counts (``boehning``, ``lse``)."""
     cfg = dict(config)
     seeds = [cfg["seed"] + s for s in range(cfg["n_seeds"])]
     exact, boehning, lse = [], [], []
@@ -239,7 +240,24 @@ def run(config: dict[str, Any], ctx: RunContext) -> list[Claim]:
     ctx.log("summary", exact_iterations=[r["iterations"] for r in exact],
             boehning_fit=[r["fit"] for r in boehning], lse_fit=[r["weighted_gn"]["fit"] for r in lse])
     _plot(ctx, exact, boehning, lse, seeds)
-    return _claims(cfg, exact, boehning, lse)
+    strip = lambda r: {"fit": r["fit"], "iterations": r["iterations"]}  # noqa: E731
+    return {
+        "exact": [dict({k: v for k, v in r.items() if k != "values"}, grad_norms=r["grad_norms"][: r["iterations"] + 1].tolist())
+                  for r in exact],
+        "boehning": [strip(r) for r in boehning],
+        "lse": [{k: strip(r[k]) for k in ("weighted_gn", "exact", "alt")} for r in lse],
+    }
+
+
+def claims(measurements: dict[str, Any], config: dict[str, Any]) -> list[Claim]:
+    """The claims from the per-seed measurements and ``CRITERIA``."""
+    return _claims(config, measurements["exact"], measurements["boehning"], measurements["lse"])
+
+
+def _iterations_to_tol(grad_norms: list[float]) -> float:
+    """The first iteration with ||grad f|| < ``CRITERIA["grad_tol"]`` (inf if none)."""
+    hit = np.flatnonzero(np.asarray(grad_norms, np.float64) < CRITERIA["grad_tol"])
+    return int(hit[0]) if len(hit) else float("inf")
 
 
 def _fit_claim(cid: str, statement: str, fits: list[dict[str, Any]], note: str) -> Claim:
@@ -251,7 +269,7 @@ def _fit_claim(cid: str, statement: str, fits: list[dict[str, Any]], note: str) 
 
 def _claims(cfg, exact, boehning, lse) -> list[Claim]:
     S = len(exact)
-    iters = [r["iterations_to_tol"] if r["iterations_to_tol"] is not None else float("inf") for r in exact]
+    iters = [_iterations_to_tol(r["grad_norms"]) for r in exact]
     dist = [r["scipy_distance"] for r in exact]
     return [
         Claim.at_most("exact-monotone", f"exact Hessian, logistic regression d = {cfg['dim']}: f never increases "
