@@ -38,9 +38,10 @@ Compared with a latent-only search given the same number of Adam steps (and the
 pixel-space attack, for context). Expected: GIFD's mean PSNR > latent-only's.
 
 Config history: no criterion was changed. The GIFD part (and its criterion, GIFD's
-mean PSNR above the latent-only search's) was added later, with the new
-measure/claims contract; the other claims' values are unchanged by that. ``attack_steps`` (quick) went from 1500
-to 1000 after the first quick run, for time (that run's psnr-gap was NaN: see
+mean PSNR above the latent-only search's, set before its first run) was added
+later, with the new measure/claims contract; the other claims' values are
+unchanged by that. ``attack_steps`` (quick) went from 1500 to 1000 after the first
+quick run, for time (that run's psnr-gap was NaN: see
 below; its accuracy claim passed with the same numbers as now). The first quick
 runs returned NaN PSNRs for the fitted-state attack on HyperFL (float32 overflow of
 the attacker's gradient where the fitted head saturates the softmax); since then
