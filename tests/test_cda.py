@@ -67,3 +67,18 @@ def test_jitter_rolls_and_bn_loss():
         crop_scale_schedule(0, 0)
     with pytest.raises(ValueError):
         crop_scale_schedule(0, 10, milestone=0.0)
+
+
+def test_cda_claims_from_measurements():
+    """cda-distill's claims follow from the stored accuracies and CRITERIA only."""
+    from experiments import cda_distill as cda
+
+    cfg = {**cda.CONFIGS["quick"], "n_seeds": 2}
+    m = {"teacher_test_acc": 0.9, "real_subset_student_acc": [0.8, 0.9],
+         "sre2l": {"student_acc": [0.5, 0.6], "teacher_acc_on_synthetic": [1.0, 1.0]},
+         "cda": {"student_acc": [0.6, 0.5], "teacher_acc_on_synthetic": [1.0, 1.0]}}
+    c = {x.id: x for x in cda.claims(m, cfg)}
+    assert c["cda-ge-sre2l"].passed and c["cda-ge-sre2l"].measured["cda"]["mean"] == pytest.approx(0.55)
+    assert c["teacher-accuracy"].measured == 0.9 and c["real-subset-reference"].measured["mean"] == pytest.approx(0.85)
+    m["cda"]["student_acc"] = [0.5, 0.59]
+    assert cda.claims(m, cfg)[0].passed is False

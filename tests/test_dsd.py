@@ -16,12 +16,13 @@ def _w(d, D=None, seed=0):
     return jnp.asarray(np.concatenate([w, np.zeros((D or d) - d)]), jnp.float32)
 
 
-def test_generator_statistics():
-    """Selection-free moments: E[y sum_i <x_i, w*>] = 1, E[sum_i <x_i, w*>^2] = 1 + k s^2,
-    E|x|^2 = 1 + k d s^2, noise orthogonal to w* isotropic with variance s^2; and with
-    tiny noise the signal patch is y w* at a uniform position."""
+@pytest.mark.parametrize("noise_scale", [1.0, 0.5])  # s^2 = 1/k (the paper's scale) and the experiment's 0.25/k
+def test_generator_statistics(noise_scale):
+    """Balanced labels; selection-free moments: E[y sum_i <x_i, w*>] = 1, E[sum_i <x_i, w*>^2]
+    = 1 + k s^2, E|x|^2 = 1 + k d s^2, noise orthogonal to w* isotropic with variance s^2;
+    and with tiny noise the signal patch is y w* at a uniform position."""
     k, d, n = 4, 8, 40000
-    sigma = 0.5 / np.sqrt(k)
+    sigma = noise_scale / np.sqrt(k)
     w = _w(d)
     x, y = dsd.dsd_sample(jax.random.PRNGKey(0), n, k, d, w, sigma)
     x, y = np.asarray(x, np.float64), np.asarray(y)
@@ -31,7 +32,7 @@ def test_generator_statistics():
     assert abs((proj**2).sum(1).mean() - (1 + k * sigma**2)) < 0.02
     assert abs((x**2).sum((1, 2)).mean() - (1 + k * d * sigma**2)) < 0.03
     orth = x - proj[..., None] * np.asarray(w, np.float64)
-    assert abs(orth.var() * d / (d - 1) - sigma**2) < 0.002
+    assert abs(orth.var() * d / (d - 1) - sigma**2) < 0.01 * sigma**2 + 1e-4
     assert abs(x.mean()) < 0.003
     x0, y0 = dsd.dsd_sample(jax.random.PRNGKey(1), n, k, d, w, 1e-4)
     p0 = np.asarray(x0) @ np.asarray(w)
@@ -73,3 +74,24 @@ def test_bounds_and_config_checks():
             dsd.check_config({**cfg, **bad})
         assert "\n" not in str(err.value)
     assert set(dsd.CONFIGS["quick"]) == set(dsd.CONFIGS["full"])
+
+
+def _claims(n_star_of):
+    """The claims of a synthetic run where every tried n at or above ``n_star_of(model, k, d)`` reaches 95%."""
+    cfg = {**dsd.CONFIGS["quick"], "ks": "4,8", "ds": "8"}
+    grid = [4, 8, 16, 32, 64, 128, 256]
+    tried = {m: {f"k={k},d=8": {str(n): [0.95 if n >= n_star_of(m, k) else 0.6] * 3 for n in grid}
+                 for k in (4, 8) if m != "fcn" or k == 4} for m in dsd.MODELS}
+    return {c.id: c for c in dsd.claims({"tried": tried}, cfg)}
+
+
+def test_claims_from_measurements():
+    """claims() recomputes n* from the tried accuracies (JSON-shaped) and CRITERIA only."""
+    good = _claims(lambda m, k: {"cnn": 8, "lcn": 4 * k, "fcn": 128}[m])
+    assert good["order-cnn-lcn-fcn"].passed and good["lcn-cnn-ratio-grows-with-k"].passed
+    assert good["order-cnn-lcn-fcn"].measured["lcn"] == {"k=4,d=8": 16, "k=8,d=8": 32}
+    assert good["lcn-cnn-ratio-grows-with-k"].measured["ratios"]["d=8"] == {"k=4": 2.0, "k=8": 4.0}
+    bad = _claims(lambda m, k: {"cnn": 8, "lcn": 128 // k, "fcn": 8}[m])  # FCN as cheap as the CNN; ratio falls with k
+    assert bad["order-cnn-lcn-fcn"].passed is False and bad["lcn-cnn-ratio-grows-with-k"].passed is False
+    never = _claims(lambda m, k: 10**6 if m == "fcn" else {"cnn": 8, "lcn": 4 * k}[m])  # FCN never reaches: beyond n_max
+    assert never["order-cnn-lcn-fcn"].passed and never["order-cnn-lcn-fcn"].measured["fcn"] == {"k=4,d=8": None}

@@ -143,3 +143,28 @@ def test_bad_arguments_raise_one_line_value_errors(call):
     with pytest.raises(ValueError) as err:
         call()
     assert "\n" not in str(err.value)
+
+
+def test_flgfn_claims_from_measurements():
+    """flgfn-credit's claims follow from the stored curves and CRITERIA only: steps to
+    L1 < 0.1 / to the top-100 threshold per seed, a DB seed that never reaches = budget."""
+    from experiments import flgfn_credit as fl
+
+    cfg = {**fl.CONFIGS["quick"], "n_seeds": 2, "grid_steps": 75, "set_steps": 75}
+    steps = [25, 50, 75]
+    m = {"exact": {"TB": 0.0, "DB": 1e-30},
+         "grid": {"steps": steps, "db": {"l1": [[0.5, 0.5], [0.2, 0.05], [0.05, 0.01]], "sampled_l1": [0.06, 0.02]},
+                  "fl_db": {"l1": [[0.5, 0.09], [0.05, 0.01], [0.01, 0.01]], "sampled_l1": [0.02, 0.02]}},
+         "set": {"optimum": 10.0, "steps": steps, "db": {"curves": [[1.0, 1.0], [2.0, 8.0], [3.0, 9.0]]},
+                 "fl_db": {"curves": [[1.0, 1.0], [7.5, 7.0], [9.0, 8.0]]}}}  # threshold 7.5
+    c = {x.id: x for x in fl.claims(m, cfg)}
+    assert c["exact-flows-zero-loss"].passed
+    g = c["hypergrid-fl-db-faster"]
+    assert g.passed and g.measured["fl_db_steps"] == [50.0, 25.0] and g.measured["db_steps"] == [75.0, 50.0]
+    s = c["set-fl-db-first"]  # FL-DB at 50, 75 (mean 62.5); DB never, 50: censored mean (75 + 50) / 2, not faster
+    assert not s.passed and s.measured["fl_db_steps"] == [50.0, 75.0] and s.measured["db_mean_censored"] == 62.5
+    assert s.measured["db_steps"][0] == "nan"  # a Claim stores measured as JSON
+    m["set"]["fl_db"]["curves"][1][1] = 7.6  # second FL-DB seed at 50: mean 50 < 62.5
+    assert fl.claims(m, cfg)[2].passed
+    m["grid"]["fl_db"]["l1"][2][0] = m["grid"]["fl_db"]["l1"][1][0] = 0.5  # one FL-DB seed never reaches
+    assert fl.claims(m, cfg)[1].passed is False

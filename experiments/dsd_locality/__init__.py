@@ -54,6 +54,7 @@ DESCRIPTION = "n* for 90% test accuracy on the Dynamic Signal Distribution: CNN 
 EXPECTED = "n*_CNN < n*_LCN < n*_FCN for every (k, d) measured; n*_LCN / n*_CNN grows with k."
 CRITERIA = {
     "target_accuracy": 0.9,  # n* = smallest n whose seed-mean test accuracy reaches this
+    "ratio_slope": 0.0,  # per d, the log-log slope of n*_LCN / n*_CNN against k must exceed this
 }
 MODELS = ("cnn", "lcn", "fcn")
 
@@ -246,63 +247,100 @@ def _slope(x, y) -> float:
     return float(np.polyfit(np.log(np.asarray(x, float)), np.log(np.asarray(y, float)), 1)[0])
 
 
-def run(config: dict[str, Any], ctx: RunContext) -> list[Claim]:
+def _n_star(tried: dict[str, list[float]], target: float) -> int | None:
+    """The smallest tried n (keys are str) whose seed-mean accuracy reaches ``target`` (None: none does)."""
+    ok = sorted(int(n) for n, acc in tried.items() if np.mean(acc) >= target)
+    return ok[0] if ok else None
+
+
+def _key(k: int, d: int) -> str:
+    return f"k={k},d={d}"
+
+
+def measure(config: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
+    """Every model's search over every (k, d); returns the tried sizes with their
+    per-seed test accuracies (``tried[model][f"k={k},d={d}"][str(n)]``)."""
     cfg = dict(config)
     ks, ds = _ints(cfg["ks"]), _ints(cfg["ds"])
     sizes = [(k, d) for k in ks for d in ds]
     fcn_sizes = [s for s in sizes if s[0] * s[1] <= cfg["fcn_max_dim"]]
     key = jax.random.PRNGKey(cfg["seed"])
-    res: dict[str, dict] = {}
+    tried: dict[str, dict[str, Any]] = {}
     for i, kind in enumerate(ctx.progress(MODELS, total=len(MODELS), desc="models")):
         todo = sizes if kind != "fcn" else fcn_sizes
-        res[kind] = search_n_star(kind, todo, cfg, jax.random.fold_in(key, i)) if todo else {}
-        for (k, d), r in res[kind].items():
+        res = search_n_star(kind, todo, cfg, jax.random.fold_in(key, i)) if todo else {}
+        tried[kind] = {_key(*s): r["tried"] for s, r in res.items()}
+        for (k, d), r in res.items():
             ctx.log(f"{kind}/k={k}/d={d}", n_star=r["n_star"], tried=r["tried"])
-    n_star = {kind: {f"k={k},d={d}": r["n_star"] for (k, d), r in res[kind].items()} for kind in MODELS}
-    order_ok = all(_lt(res["cnn"][s]["n_star"], res["lcn"][s]["n_star"]) for s in sizes) and all(
-        _lt(res["lcn"][s]["n_star"], res["fcn"][s]["n_star"]) for s in fcn_sizes)
+    n_star = {kind: {s: _n_star(t, CRITERIA["target_accuracy"]) for s, t in tried[kind].items()} for kind in MODELS}
+    _plot(ctx, cfg, n_star, ks, ds)
+    return {"tried": tried}
+
+
+def _ratios(n_star: dict[str, dict[str, Any]], ks: list[int], ds: list[int]) -> tuple[dict, dict]:
+    """n*_LCN / n*_CNN per (d, k) and, per d, the log-log slope of the ratio against k."""
     ratios, slopes = {}, {}
     for d in ds:
-        r = [res["lcn"][(k, d)]["n_star"] / res["cnn"][(k, d)]["n_star"]
-             if res["lcn"][(k, d)]["n_star"] and res["cnn"][(k, d)]["n_star"] else float("nan") for k in ks]
+        lcn, cnn = [n_star["lcn"][_key(k, d)] for k in ks], [n_star["cnn"][_key(k, d)] for k in ks]
+        r = [a / b if a and b else float("nan") for a, b in zip(lcn, cnn)]
         ratios[f"d={d}"] = dict(zip([f"k={k}" for k in ks], r))
         slopes[f"d={d}"] = _slope(ks, r) if len(ks) > 1 and np.all(np.isfinite(r)) else float("nan")
+    return ratios, slopes
+
+
+def _bound_slopes(n_star: dict[str, dict[str, Any]], noise_scale: float) -> dict[str, float]:
     fits = {}
     for kind in MODELS:
-        pts = [(bound(kind, k, d, cfg["noise_scale"] ** 2 / k), r["n_star"]) for (k, d), r in res[kind].items() if r["n_star"]]
+        pts = [(bound(kind, *_size(s), noise_scale**2 / _size(s)[0]), n) for s, n in n_star[kind].items() if n]
         fits[kind] = _slope(*zip(*pts)) if len(pts) > 2 else float("nan")
-    _plot(ctx, cfg, res, ks, ds, ratios)
-    ctx.log("summary", n_star=n_star, ratios=ratios, ratio_slopes=slopes, bound_slopes=fits)
+    return fits
+
+
+def _size(key: str) -> tuple[int, int]:
+    k, d = (int(v.split("=")[1]) for v in key.split(","))
+    return k, d
+
+
+def claims(measurements: dict[str, Any], config: dict[str, Any]) -> list[Claim]:
     target = CRITERIA["target_accuracy"]
+    ks, ds = _ints(config["ks"]), _ints(config["ds"])
+    n_star = {kind: {s: _n_star(t, target) for s, t in measurements["tried"][kind].items()} for kind in MODELS}
+    sizes, fcn_sizes = list(n_star["cnn"]), list(n_star["fcn"])
+    order_ok = all(_lt(n_star["cnn"][s], n_star["lcn"][s]) for s in sizes) and all(
+        _lt(n_star["lcn"][s], n_star["fcn"][s]) for s in fcn_sizes)
+    ratios, slopes = _ratios(n_star, ks, ds)
     return [
         Claim.holds("order-cnn-lcn-fcn", f"n* (seed-mean test accuracy >= {target}) is ordered CNN < LCN < FCN for every "
-                    f"(k, d) in k={ks}, d={ds} (FCN where k d <= {cfg['fcn_max_dim']})", n_star,
+                    f"(k, d) in k={ks}, d={ds} (FCN where k d <= {config['fcn_max_dim']})", n_star,
                     "n*_CNN < n*_LCN everywhere and n*_LCN < n*_FCN where FCN ran (not reached = beyond n_max)", order_ok),
         Claim.holds("lcn-cnn-ratio-grows-with-k", "n*_LCN / n*_CNN grows with k (bounds: ratio ~ k)",
                     {"ratios": ratios, "log_log_slope_vs_k": slopes},
-                    "for every d, the least-squares slope of log(ratio) against log(k) is > 0",
-                    all(np.isfinite(v) and v > 0 for v in slopes.values())),
+                    f"for every d, the least-squares slope of log(ratio) against log(k) is > {CRITERIA['ratio_slope']}",
+                    all(np.isfinite(v) and v > CRITERIA["ratio_slope"] for v in slopes.values())),
         Claim.finding("n-star-vs-bounds", "log-log slope of n* against each model's bound over the (k, d) grid "
-                      "(1 = n* proportional to the bound)", fits),
+                      "(1 = n* proportional to the bound)", _bound_slopes(n_star, config["noise_scale"])),
     ]
 
 
-def _plot(ctx: RunContext, cfg, res, ks, ds, ratios) -> None:
+def _plot(ctx: RunContext, cfg, n_star, ks, ds) -> None:
     import matplotlib.pyplot as plt
 
     colors = {"cnn": "tab:blue", "lcn": "tab:orange", "fcn": "tab:green"}
+    ratios, _ = _ratios(n_star, ks, ds)
     fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))
     for kind in MODELS:
-        pts = [(bound(kind, k, d, cfg["noise_scale"] ** 2 / k), r["n_star"], k, d) for (k, d), r in res[kind].items() if r["n_star"]]
+        pts = [(bound(kind, k, d, cfg["noise_scale"] ** 2 / k), n) for (k, d), n in
+               ((_size(s), n) for s, n in n_star[kind].items()) if n]
         if pts:
-            b, n, _, _ = zip(*pts)
+            b, n = zip(*pts)
             axes[0].loglog(b, n, "o", color=colors[kind], label=kind.upper())
             lo, hi = min(b), max(b)
             c = np.exp(np.mean(np.log(n) - np.log(b)))
             axes[0].loglog([lo, hi], [c * lo, c * hi], "--", color=colors[kind], lw=1)
-        for (k, d), r in res[kind].items():
-            if r["n_star"]:
-                axes[1].semilogy(k + {"cnn": -0.4, "lcn": 0, "fcn": 0.4}[kind], r["n_star"], "os^"[ds.index(d) % 3],
+        for s, n in n_star[kind].items():
+            k, d = _size(s)
+            if n:
+                axes[1].semilogy(k + {"cnn": -0.4, "lcn": 0, "fcn": 0.4}[kind], n, "os^"[ds.index(d) % 3],
                                  color=colors[kind], alpha=0.8)
     axes[0].set(title="n* vs the bound (dashed: slope 1 through the points)", xlabel="bound (no constants)", ylabel="n*")
     axes[0].legend()

@@ -40,9 +40,8 @@ import optax
 
 from lgrad import gflownet as gfn
 from lgrad.engine import Claim, RunContext
-from lgrad.train import run_loop
 from lgrad.engine.config import Bool, Float, Int
-from lgrad.train import TrainState
+from lgrad.train import TrainState, run_loop
 
 NAME = "flgfn-credit"
 PAPER = "Pan, Malkin, Zhang, Bengio 2023, Better Training of GFlowNets with Local Credit and Incomplete Trajectories (ICML)"
@@ -150,6 +149,8 @@ def _first_reach(values: np.ndarray, steps: np.ndarray, ok) -> float:
 
 
 def _run_grid(cfg, ctx: RunContext) -> dict[str, Any]:
+    """Per objective: the exact L1 every ``eval_every`` steps (evals x seeds), the final
+    terminal distribution of every seed and the sampled L1 of the final policies."""
     env = gfn.hypergrid(height=cfg["height"], ndim=2, r0=cfg["r0"])
     keys = jax.random.split(jax.random.PRNGKey(cfg["seed"]), cfg["n_seeds"])
     out: dict[str, Any] = {}
@@ -160,9 +161,8 @@ def _run_grid(cfg, ctx: RunContext) -> dict[str, Any]:
             res = run_loop(jax.vmap(step), jax.vmap(init)(keys), steps=cfg["grid_steps"], eval_fn=jax.vmap(evaluate),
                            eval_every=cfg["eval_every"], progress=ctx.progress)
         l1 = np.asarray(res.evals["l1"])  # (n_evals, seeds)
-        reach = [_first_reach(l1[:, s], res.eval_steps, lambda v: v < CRITERIA["l1"]) for s in range(cfg["n_seeds"])]
-        out[method] = dict(l1=l1, steps=res.eval_steps, reach=reach, p=np.asarray(res.evals["p"])[-1], target=target,
-                           sampled_l1=_sampled_l1(env, apply, res.state.params, cfg, target))
+        out[method] = dict(l1=l1.tolist(), p=np.asarray(res.evals["p"])[-1], sampled_l1=_sampled_l1(env, apply, res.state.params, cfg, target))
+        out["steps"], out["target"] = np.asarray(res.eval_steps).tolist(), target
         ctx.log_history(f"hypergrid/{method}", {"loss": res.history["loss"].mean(-1)}, every=cfg["eval_every"])
         for i, s in enumerate(res.eval_steps):
             ctx.log(f"hypergrid/{method}/l1", int(s), l1=l1[i].tolist())
@@ -170,15 +170,15 @@ def _run_grid(cfg, ctx: RunContext) -> dict[str, Any]:
 
 
 def _sampled_l1(env, apply, params, cfg, target, n: int = 20000) -> list[float]:
-    """Check of the exact L1: the histogram of ``n`` on-policy rollouts of the final policy per seed."""
-    out = []
-    for s in range(cfg["n_seeds"]):
-        p_s = jax.tree.map(lambda a: a[s], params)
-        policy = lambda f: apply(p_s, f)[0]  # noqa: E731
-        traj = jax.jit(lambda k: gfn.sample_trajectories(k, env, policy, n))(jax.random.PRNGKey(cfg["seed"] + 7 + s))
-        final = np.asarray(traj.states[:, -1, 0] * cfg["height"] + traj.states[:, -1, 1])
-        out.append(float(np.abs(np.bincount(final, minlength=cfg["height"] ** 2) / n - target).sum()))
-    return out
+    """Check of the exact L1: the histogram of ``n`` on-policy rollouts of the final policy
+    of every seed (one compiled program for all seeds)."""
+    def finals(p_s, key):
+        traj = gfn.sample_trajectories(key, env, lambda f: apply(p_s, f)[0], n)
+        return traj.states[:, -1, 0] * cfg["height"] + traj.states[:, -1, 1]
+
+    keys = jnp.stack([jax.random.PRNGKey(cfg["seed"] + 7 + s) for s in range(cfg["n_seeds"])])
+    final = np.asarray(jax.jit(jax.vmap(finals))(params, keys))
+    return [float(np.abs(np.bincount(f, minlength=cfg["height"] ** 2) / n - target).sum()) for f in final]
 
 
 def _top100_curve(codes: np.ndarray, rewards: np.ndarray, per_step: int, eval_steps: np.ndarray, k: int = 100) -> np.ndarray:
@@ -194,13 +194,15 @@ def _top100_curve(codes: np.ndarray, rewards: np.ndarray, per_step: int, eval_st
 
 
 def _run_set(cfg, ctx: RunContext) -> dict[str, Any]:
+    """Per objective: the top-100 mean reward every ``eval_every`` steps (evals x seeds)
+    and the exact optimum of that metric."""
     energies = gfn.set_energies(cfg["n_elements"], seed=cfg["energy_seed"])
     env = gfn.set_env(energies, set_size=cfg["set_size"])
-    optimum = float(np.mean(gfn.set_top_rewards(energies, cfg["set_size"], 100)))
     keys = jax.random.split(jax.random.PRNGKey(cfg["seed"] + 1), cfg["n_seeds"])
     weights = 2 ** np.arange(cfg["n_elements"], dtype=np.int64)  # a set's code (n_elements <= 40: no overflow)
-    out: dict[str, Any] = {"optimum": optimum, "threshold": CRITERIA["top100_fraction"] * optimum}
     eval_steps = np.arange(cfg["eval_every"], cfg["set_steps"] + 1, cfg["eval_every"])
+    out: dict[str, Any] = {"optimum": float(np.mean(gfn.set_top_rewards(energies, cfg["set_size"], 100))),
+                           "steps": eval_steps.tolist()}
     for method in METHODS:
         init, step, _ = _trainer(env, cfg, method, cfg["set_explore"], cfg["batch_size"])
         with ctx.variant(f"set/{method}"):
@@ -211,8 +213,7 @@ def _run_set(cfg, ctx: RunContext) -> dict[str, Any]:
             _top100_curve((final[:, s] @ weights).reshape(-1), np.exp(log_r[:, s]).reshape(-1), final.shape[2], eval_steps)
             for s in range(cfg["n_seeds"])
         ], axis=1)  # (n_evals, seeds)
-        reach = [_first_reach(curves[:, s], eval_steps, lambda v: v >= out["threshold"]) for s in range(cfg["n_seeds"])]
-        out[method] = dict(curves=curves, reach=reach, steps=eval_steps)
+        out[method] = {"curves": curves.tolist()}
         ctx.log_history(f"set/{method}", {"loss": res.history["loss"].mean(-1)}, every=cfg["eval_every"])
         for i, s in enumerate(eval_steps):
             ctx.log(f"set/{method}/top100", int(s), top100=curves[i].tolist())
@@ -241,33 +242,46 @@ def _faster(fl: list[float], db: list[float], budget: int) -> tuple[dict[str, An
     return measured, bool(np.all(np.isfinite(fl_a)) and np.mean(fl_a) < np.mean(db_a))
 
 
-def run(config: dict[str, Any], ctx: RunContext) -> list[Claim]:
+def measure(config: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
     cfg = dict(config)
     exact = _exact_losses()
     grid = _run_grid(cfg, ctx)
     sets = _run_set(cfg, ctx)
     _plot(ctx, cfg, grid, sets)
-    g_meas, g_ok = _faster(grid["fl_db"]["reach"], grid["db"]["reach"], cfg["grid_steps"])
-    s_meas, s_ok = _faster(sets["fl_db"]["reach"], sets["db"]["reach"], cfg["set_steps"])
-    final_l1 = {m: grid[m]["l1"][-1].tolist() for m in METHODS}
-    sampled = {m: grid[m]["sampled_l1"] for m in METHODS}
-    final_top = {m: sets[m]["curves"][-1].tolist() for m in METHODS}
-    ctx.log("summary", exact=exact, grid_reach=g_meas, set_reach=s_meas, final_l1=final_l1, sampled_l1=sampled,
-            set_optimum=sets["optimum"], set_threshold=sets["threshold"], final_top100=final_top)
-    every = f"checked every {cfg['eval_every']} steps"
+    return {"exact": exact,
+            "grid": {"steps": grid["steps"], **{m: {"l1": grid[m]["l1"], "sampled_l1": grid[m]["sampled_l1"]} for m in METHODS}},
+            "set": sets}
+
+
+def _reach(curves: list[list[float]], steps: list[int], ok) -> list[float]:
+    """Per seed (column of ``curves``, evals x seeds): the first step at which ``ok`` holds (nan if never)."""
+    values = np.asarray(curves, float)
+    return [_first_reach(values[:, s], np.asarray(steps), ok) for s in range(values.shape[1])]
+
+
+def claims(measurements: dict[str, Any], config: dict[str, Any]) -> list[Claim]:
+    grid, sets, exact = measurements["grid"], measurements["set"], measurements["exact"]
+    threshold = CRITERIA["top100_fraction"] * sets["optimum"]
+    g_reach = {m: _reach(grid[m]["l1"], grid["steps"], lambda v: v < CRITERIA["l1"]) for m in METHODS}
+    s_reach = {m: _reach(sets[m]["curves"], sets["steps"], lambda v: v >= threshold) for m in METHODS}
+    g_meas, g_ok = _faster(g_reach["fl_db"], g_reach["db"], config["grid_steps"])
+    s_meas, s_ok = _faster(s_reach["fl_db"], s_reach["db"], config["set_steps"])
+    every, seeds = f"checked every {config['eval_every']} steps", config["n_seeds"]
     return [
         Claim.at_most("exact-flows-zero-loss", "on a tiny DAG (8 states, leaves at depths 2 and 3) the exact flows give zero TB, DB "
                       "and FL-DB loss (both terminal conventions)", max(exact.values()), CRITERIA["exact_loss"], note=str(exact)),
-        Claim.holds("hypergrid-fl-db-faster", f"hypergrid H={cfg['height']}, 2-D: FL-DB reaches L1 < {CRITERIA['l1']} in fewer "
-                    f"steps than DB ({cfg['n_seeds']} seeds, {every})", g_meas,
+        Claim.holds("hypergrid-fl-db-faster", f"hypergrid H={config['height']}, 2-D: FL-DB reaches L1 < {CRITERIA['l1']} in fewer "
+                    f"steps than DB ({seeds} seeds, {every})", g_meas,
                     "every FL-DB seed reaches; mean FL-DB steps < mean DB steps (DB non-reaching = budget)", g_ok),
-        Claim.holds("set-fl-db-first", f"set task ({cfg['n_elements']} elements, sets of {cfg['set_size']}): FL-DB reaches "
-                    f"the top-100 mean reward threshold {sets['threshold']:.4g} ({CRITERIA['top100_fraction']} x exact optimum "
-                    f"{sets['optimum']:.4g}) first ({cfg['n_seeds']} seeds, {every})", s_meas,
+        Claim.holds("set-fl-db-first", f"set task ({config['n_elements']} elements, sets of {config['set_size']}): FL-DB reaches "
+                    f"the top-100 mean reward threshold {threshold:.4g} ({CRITERIA['top100_fraction']} x exact optimum "
+                    f"{sets['optimum']:.4g}) first ({seeds} seeds, {every})", s_meas,
                     "every FL-DB seed reaches; mean FL-DB steps < mean DB steps (DB non-reaching = budget)", s_ok),
-        Claim.finding("hypergrid-final-l1", f"final L1 per seed after {cfg['grid_steps']} steps: exact (DP) and from "
-                      "20,000 on-policy rollouts", {"exact": final_l1, "sampled": sampled}),
-        Claim.finding("set-final-top100", f"top-100 mean reward per seed after {cfg['set_steps']} steps", final_top),
+        Claim.finding("hypergrid-final-l1", f"final L1 per seed after {config['grid_steps']} steps: exact (DP) and from "
+                      "20,000 on-policy rollouts", {"exact": {m: grid[m]["l1"][-1] for m in METHODS},
+                                                    "sampled": {m: grid[m]["sampled_l1"] for m in METHODS}}),
+        Claim.finding("set-final-top100", f"top-100 mean reward per seed after {config['set_steps']} steps",
+                      {m: sets[m]["curves"][-1] for m in METHODS}),
     ]
 
 
@@ -278,19 +292,20 @@ def _plot(ctx: RunContext, cfg, grid, sets) -> None:
     labels = {"db": "DB", "fl_db": "FL-DB"}
     fig, axes = plt.subplots(1, 5, figsize=(22, 4.2))
     for m in METHODS:
-        axes[0].semilogy(grid[m]["steps"], grid[m]["l1"], color=colors[m], alpha=0.5, lw=1)
-        axes[0].semilogy(grid[m]["steps"], grid[m]["l1"].mean(1), color=colors[m], lw=2.2, label=labels[m])
-        axes[1].plot(sets[m]["steps"], sets[m]["curves"], color=colors[m], alpha=0.5, lw=1)
-        axes[1].plot(sets[m]["steps"], sets[m]["curves"].mean(1), color=colors[m], lw=2.2, label=labels[m])
+        l1, curves = np.asarray(grid[m]["l1"]), np.asarray(sets[m]["curves"])
+        axes[0].semilogy(grid["steps"], l1, color=colors[m], alpha=0.5, lw=1)
+        axes[0].semilogy(grid["steps"], l1.mean(1), color=colors[m], lw=2.2, label=labels[m])
+        axes[1].plot(sets["steps"], curves, color=colors[m], alpha=0.5, lw=1)
+        axes[1].plot(sets["steps"], curves.mean(1), color=colors[m], lw=2.2, label=labels[m])
     axes[0].axhline(CRITERIA["l1"], color="k", ls=":", label=f"L1 = {CRITERIA['l1']}")
     axes[0].set(title=f"hypergrid H={cfg['height']}: exact L1 (thin: seeds)", xlabel="step", ylabel="sum |P_T - R/Z|")
-    axes[1].axhline(sets["threshold"], color="k", ls=":", label="threshold")
+    axes[1].axhline(CRITERIA["top100_fraction"] * sets["optimum"], color="k", ls=":", label="threshold")
     axes[1].axhline(sets["optimum"], color="0.5", ls="--", label="exact optimum")
     axes[1].set(title="set task: top-100 mean reward", xlabel="step", ylabel="mean reward")
     for ax in axes[:2]:
         ax.legend(fontsize=8)
     h = cfg["height"]
-    panels = [("target R/Z", grid["db"]["target"]), ("DB, seed 0", grid["db"]["p"][0]), ("FL-DB, seed 0", grid["fl_db"]["p"][0])]
+    panels = [("target R/Z", grid["target"]), ("DB, seed 0", grid["db"]["p"][0]), ("FL-DB, seed 0", grid["fl_db"]["p"][0])]
     vmax = max(float(np.max(p)) for _, p in panels)
     for ax, (title, p) in zip(axes[2:], panels):
         im = ax.imshow(np.asarray(p).reshape(h, h), vmin=0, vmax=vmax, cmap="viridis")
