@@ -187,7 +187,7 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a, b)[0, 1]) if np.std(a) > 0 and np.std(b) > 0 else float("nan")
 
 
-def run(config: dict[str, Any], ctx: RunContext) -> list[Claim]:
+def measure(config: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
     cfg = dict(config)
     lin = linear_toy_error()
     corr = {c: {m: [] for m in ("attribution", "relp")} for c in ("mlp", "attn")}
@@ -203,10 +203,11 @@ def run(config: dict[str, Any], ctx: RunContext) -> list[Claim]:
                 corr[c][m].append(_pearson(est[c]["activation"], est[c][m]))
         ctx.log("seed", seed=cfg["seed"] + s, accuracy=acc, pearson={c: {m: v[-1] for m, v in corr[c].items()} for c in corr})
     _plot(ctx, first)
-    return _claims(cfg, lin, corr, accs)
+    return {"linear_error": lin, "pearson": corr, "accuracy": accs}
 
 
-def _claims(cfg, lin, corr, accs) -> list[Claim]:
+def claims(measurements: dict[str, Any], config: dict[str, Any]) -> list[Claim]:
+    cfg, lin, corr, accs = config, measurements["linear_error"], measurements["pearson"], measurements["accuracy"]
     mean = {c: {m: float(np.mean(v)) for m, v in corr[c].items()} for c in corr}
     per = {c: {m: np.round(v, 3).tolist() for m, v in corr[c].items()} for c in corr}
     return [
@@ -214,7 +215,7 @@ def _claims(cfg, lin, corr, accs) -> list[Claim]:
                       lin, CRITERIA["linear_agreement"], note="max abs difference, two layers, per position, float64"),
         Claim.at_least(
             "relp-mlp-vs-attribution",
-            "RelP's Pearson correlation with activation patching on MLP outputs is at least attribution patching's (- 0.02)",
+            f"RelP's Pearson correlation with activation patching on MLP outputs is at least attribution patching's (- {CRITERIA['mlp_margin']:g})",
             mean["mlp"]["relp"] - mean["mlp"]["attribution"], -CRITERIA["mlp_margin"],
             note=f"measured = r(RelP) - r(AtP), means over {cfg['n_seeds']} seeds: RelP {mean['mlp']['relp']:.3f}, "
             f"AtP {mean['mlp']['attribution']:.3f}; per seed {per['mlp']}; test accuracy {np.round(accs, 3).tolist()} "
