@@ -224,7 +224,7 @@ def evaluate(apply, params, test, cfg, key) -> dict[str, Any]:
     }
 
 
-def run(config: dict[str, Any], ctx: RunContext) -> list[Claim]:
+def measure(config: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
     cfg = dict(config)
     results = []
     for s in ctx.progress(range(cfg["n_seeds"]), total=cfg["n_seeds"], desc="seeds"):
@@ -234,13 +234,17 @@ def run(config: dict[str, Any], ctx: RunContext) -> list[Claim]:
                 ig_mean_rel_error=float(np.mean(r["ig_rel_error"])), final_loss=float(losses[-1]))
         results.append(r)
     _plot(ctx, results[0])
-    return _claims(cfg, results)
+    ig = np.concatenate([r["ig_rel_error"] for r in results])
+    return {
+        "per_seed": [{k: r[k] for k in ("hits", "accuracy", "virtual_conv")} for r in results],
+        "ig_rel_error": {"mean": float(np.mean(ig)), "median": float(np.median(ig)), "max": float(np.max(ig))},  # pooled over seeds
+    }
 
 
-def _claims(cfg, results) -> list[Claim]:
+def claims(measurements: dict[str, Any], config: dict[str, Any]) -> list[Claim]:
+    cfg, results, ig = config, measurements["per_seed"], measurements["ig_rel_error"]
     hits = {k: [r["hits"][k] for r in results] for k in results[0]["hits"]}
     ng = np.asarray(hits["normgrad"])
-    ig = np.concatenate([r["ig_rel_error"] for r in results])
     seeds = f"{cfg['n_seeds']} seeds x {cfg['n_test']} test images"
     return [
         Claim.at_most(
@@ -254,8 +258,8 @@ def _claims(cfg, results) -> list[Claim]:
             f"{[round(r['accuracy'], 3) for r in results]}",
         ),
         Claim.at_most(
-            "ig-completeness", "Integrated Gradients attributions sum to f(x) - f(0)", float(np.mean(ig)), CRITERIA["ig_completeness"],
-            note=f"mean relative error over {seeds} (Gauss-Legendre 50 steps, zero baseline); median {np.median(ig):.2e}, max {np.max(ig):.2e}",
+            "ig-completeness", "Integrated Gradients attributions sum to f(x) - f(0)", ig["mean"], CRITERIA["ig_completeness"],
+            note=f"mean relative error over {seeds} (Gauss-Legendre 50 steps, zero baseline); median {ig['median']:.2e}, max {ig['max']:.2e}",
         ),
         Claim.finding(
             "hit-rates", "fraction of images whose map's argmax patch is the class patch, per method (mean, min, max over seeds)",
