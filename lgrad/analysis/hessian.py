@@ -2,7 +2,7 @@ r"""Curvature of ``loss(params, batch)`` over pytrees: HVPs, spectra, traces, de
 
 Everything here works on a :class:`LinearOperator` — a symmetric matrix that is only
 ever touched through matrix-vector products on a flat vector — so memory stays
-O(#params) (Lanczos keeps its ``num_iters`` basis vectors, i.e. O(m · #params)).
+O(#params) (Lanczos keeps a bounded basis of ``m`` vectors, i.e. O(m · #params)).
 Operators are built from a loss or a model:
 
 * :func:`hessian_operator` — :math:`H = \nabla^2_\theta L`, products by
@@ -21,12 +21,13 @@ operator is the average of the per-batch operators, accumulated sequentially by
 
 Algorithms on an operator:
 
-* :func:`lanczos` — top-k / bottom-k eigenpairs, Lanczos with full
-  reorthogonalisation (Golub & Van Loan, Alg. 10.1.1 with twice-applied classical
-  Gram-Schmidt). Eigenvectors are returned as pytrees. When the Krylov space
-  becomes invariant (``beta_j ~ 0``) the iteration restarts with a fresh random
-  vector orthogonal to the basis and a zero coupling, so the tridiagonal matrix
-  stays block diagonal and nothing becomes NaN.
+* :func:`lanczos` — top-k / bottom-k eigenpairs, thick-restart Lanczos (Wu & Simon
+  2000) with full reorthogonalisation (Golub & Van Loan, Alg. 10.1.1 with
+  twice-applied classical Gram-Schmidt), stopping when the Ritz residuals reach
+  ``rtol`` (docs/papers/hessian-spectrum.md). Eigenvectors are returned as pytrees.
+  When the Krylov space becomes invariant (``beta_j ~ 0``) the iteration continues
+  from a fresh random vector orthogonal to the basis with a zero coupling, so
+  nothing becomes NaN.
 * :func:`spectral_density` — stochastic Lanczos quadrature (Lin, Saad & Yang 2016,
   eq. 3.7; Ghorbani et al. 2019, eq. 6): :math:`\phi(t) \approx \frac1{P}\sum_p\sum_i
   \tau^{(p)}_i\, g_\sigma(t-\theta^{(p)}_i)` with Ritz values :math:`\theta` and
