@@ -99,3 +99,23 @@ def test_multiplier_shape_is_checked():
     with pytest.raises(ValueError, match=r"multipliers must have shape \(1,\)"):
         sketch_auglag(lambda x: jnp.sum(x**2), lambda x: jnp.array([jnp.sum(x) - 1.0]), jnp.zeros(3), jnp.zeros(2),
                       key=jax.random.PRNGKey(0))
+
+
+def test_experiment_claims_from_hand_made_measurements():
+    """The sketch-auglag experiment's ``claims`` alone, on measurements as read back from JSON."""
+    from experiments import sketch_auglag as exp
+
+    def run(kkt, steps, descent=True):
+        return {"kkt": kkt, "f": 0.5, "iterations": len(steps), "distance": 3e-9, "step": steps, "descent": [descent] * len(steps),
+                "accurate": [True] * len(steps), "sketch_iterations": 10, "solver_flops": 1e4, "eta1_final": 1.0,
+                "safeguard_iterations": 0}
+
+    m = {"reference": {"f": 0.5, "status": 1, "feasibility": 1e-12},
+         "runs": {"kaczmarz/key0": run(1e-6, [0.5, 1.0, 1.0, 1.0]), "gaussian/key0": run(2e-6, [1.0] * 3), "exact": run(1e-9, [1.0] * 3)}}
+    config = dict(exp.CONFIGS["quick"], n_sketch_seeds=1)
+    out = {c.id: c for c in exp.claims(m, config)}
+    assert all(out[k].passed for k in ("kkt-residual", "matches-trust-constr", "descent-and-accuracy", "unit-step-at-end"))
+    assert out["kkt-residual"].measured == 2e-6 and out["unit-step-at-end"].measured["kaczmarz/key0"] == [1.0, 1.0, 1.0]
+    m["runs"]["kaczmarz/key0"] = run(1e-3, [1.0, 0.5], descent=False)
+    out = {c.id: c for c in exp.claims(m, config)}
+    assert not any(out[k].passed for k in ("kkt-residual", "descent-and-accuracy", "unit-step-at-end"))

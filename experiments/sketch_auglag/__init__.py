@@ -128,8 +128,8 @@ def _solve(cfg, p, solver: str, key: int) -> dict[str, Any]:
                 kkt_history=np.asarray(r.kkt_history)[: k + 1], f=float(f(r.params)), **h)
 
 
-# ----------------------------------------------------------------------------- run
-def run(config: dict[str, Any], ctx: RunContext) -> list[Claim]:
+# ----------------------------------------------------------------------------- measure / claims
+def measure(config: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
     cfg = dict(config)
     p = _problem(cfg)
     ref = _trust_constr(p)
@@ -144,20 +144,30 @@ def run(config: dict[str, Any], ctx: RunContext) -> list[Claim]:
     ctx.log("summary", reference=ref["f"], reference_feasibility=ref["feasibility"],
             final={k: {"kkt": r["kkt"], "f": r["f"], "iterations": r["iterations"]} for k, r in out.items()})
     _plot(ctx, out)
-    return _claims(cfg, out, ref)
+    return {"reference": {k: ref[k] for k in ("f", "status", "feasibility")},
+            "runs": {k: _run_summary(r, ref["w"]) for k, r in out.items()}}
 
 
-def _claims(cfg, out, ref) -> list[Claim]:
+def _run_summary(r: dict[str, Any], w_ref: np.ndarray) -> dict[str, Any]:
+    """One solver run's measurements: final values, per-iteration steps and checks, totals."""
+    return {
+        "kkt": r["kkt"], "f": r["f"], "iterations": r["iterations"], "distance": float(np.max(np.abs(r["w"] - w_ref))),
+        "step": r["step"], "descent": r["descent"], "accurate": r["accurate"],
+        "sketch_iterations": int(np.sum(np.maximum(r["inner"], 0))), "solver_flops": float(np.sum(r["flops"])),
+        "eta1_final": float(r["eta1"][-1]) if len(r["eta1"]) else None, "safeguard_iterations": int(np.sum(r["safeguard"])),
+    }
+
+
+def claims(measurements: dict[str, Any], config: dict[str, Any]) -> list[Claim]:
+    cfg, out, ref = config, measurements["runs"], measurements["reference"]
     sketch = {k: r for k, r in out.items() if k != "exact"}
     tail = CRITERIA["unit_tail"]
-    dist = {k: float(np.max(np.abs(r["w"] - ref["w"]))) for k, r in out.items()}
+    dist = {k: r["distance"] for k, r in out.items()}
     every = {k: {"descent": bool(np.all(r["descent"])), "accuracy": bool(np.all(r["accurate"]))}
              for k, r in sketch.items()}
-    tails = {k: r["step"][-tail:].tolist() for k, r in out.items()}
-    totals = {k: {"iterations": r["iterations"], "sketch_iterations": int(np.sum(np.maximum(r["inner"], 0))),
-                  "solver_flops": float(np.sum(r["flops"]))} for k, r in out.items()}
-    adapted = {k: {"eta1_final": float(r["eta1"][-1]) if len(r["eta1"]) else None,
-                   "safeguard_iterations": int(np.sum(r["safeguard"]))} for k, r in out.items()}
+    tails = {k: list(r["step"][-tail:]) for k, r in out.items()}
+    totals = {k: {m: r[m] for m in ("iterations", "sketch_iterations", "solver_flops")} for k, r in out.items()}
+    adapted = {k: {m: r[m] for m in ("eta1_final", "safeguard_iterations")} for k, r in out.items()}
     return [
         Claim.at_most("kkt-residual", f"final ||(grad_x L, c)|| (worst of {len(out)} runs: Kaczmarz x "
                       f"{cfg['n_sketch_seeds']} sketch keys, Gaussian, exact)", max(r["kkt"] for r in out.values()),
