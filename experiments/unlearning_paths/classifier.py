@@ -88,8 +88,28 @@ def path_orders(cfg) -> list[tuple[int, ...]]:
 
 
 def run_classifier(cfg: dict[str, Any], ctx) -> dict[str, Any]:
+    """Train every path, unlearn each with every method, and summarise (see the module docstring)."""
     retained, forget, test = make_data(cfg)
-    to_j = lambda t: tuple(jnp.asarray(a) for a in t)
+    stages = _stages(cfg, retained, forget)
+    key = jax.random.PRNGKey(cfg["seed"])
+    theta0 = init_mlp(jax.random.fold_in(key, 99), [64, cfg["clf_hidden"], cfg["clf_hidden"], 10])
+    evaluate = _evaluator(test, forget)
+    orders = path_orders(cfg)
+    cache: dict = {}
+    trained, retrain_probs = [], {}
+    for order in ctx.progress(orders, total=len(orders), desc="paths"):
+        trained.append(train_stages(ce_loss, theta0, stages, order, key=key, cache=cache).params)
+        r_order = tuple(s for s in order if s != FORGET)
+        if r_order not in retrain_probs:
+            rr = train_stages(ce_loss, theta0, stages, r_order, key=key, cache=cache)
+            retrain_probs[r_order] = np.asarray(evaluate(rr.params)["probs"])
+    before, after, traj = _unlearn_paths(cfg, evaluate, trained, orders, tuple(jnp.asarray(a) for a in forget))
+    return _summarise(cfg, ctx, orders, before, after, traj, retrain_probs)
+
+
+def _stages(cfg: dict[str, Any], retained, forget) -> list[Stage]:
+    """R1..R3 then F, each trained with Adam on its proximal stage loss."""
+    to_j = lambda t: tuple(jnp.asarray(a) for a in t)  # noqa: E731
     stages = [
         Stage(to_j(d), cfg["clf_stage_steps"], optax.adam(cfg["clf_lr"]), f"R{i + 1}", batch_size=cfg["clf_batch"], proximal=cfg["clf_proximal"])
         for i, d in enumerate(retained)
@@ -97,10 +117,13 @@ def run_classifier(cfg: dict[str, Any], ctx) -> dict[str, Any]:
     stages.append(
         Stage(to_j(forget), cfg["clf_stage_steps"], optax.adam(cfg["clf_lr"]), "F", batch_size=min(cfg["clf_batch"], len(forget[1])), proximal=cfg["clf_proximal"])
     )
-    key = jax.random.PRNGKey(cfg["seed"])
-    theta0 = init_mlp(jax.random.fold_in(key, 99), [64, cfg["clf_hidden"], cfg["clf_hidden"], 10])
+    return stages
+
+
+def _evaluator(test, forget):
+    """Jitted ``params -> {retain_acc, forget_acc, forget_logp, probs}`` (test set and F)."""
     xt, yt = jnp.asarray(test[0]), jnp.asarray(test[1])
-    xf, yf = to_j(forget)
+    xf, yf = (jnp.asarray(a) for a in forget)
 
     @jax.jit
     def evaluate(p):
@@ -114,17 +137,14 @@ def run_classifier(cfg: dict[str, Any], ctx) -> dict[str, Any]:
             "probs": jax.nn.softmax(logits_t, -1),
         }
 
-    orders = path_orders(cfg)
-    cache: dict = {}
-    trained, retrain_probs = [], {}
-    for order in ctx.progress(orders, total=len(orders), desc="paths"):
-        trained.append(train_stages(ce_loss, theta0, stages, order, key=key, cache=cache).params)
-        r_order = tuple(s for s in order if s != FORGET)
-        if r_order not in retrain_probs:
-            rr = train_stages(ce_loss, theta0, stages, r_order, key=key, cache=cache)
-            retrain_probs[r_order] = np.asarray(evaluate(rr.params)["probs"])
-    # All paths are unlearned together: one batched ``unlearn`` (one fit) per method;
-    # with Adam (element-wise) this equals unlearning each path separately.
+    return evaluate
+
+
+def _unlearn_paths(cfg: dict[str, Any], evaluate, trained, orders, forget):
+    """Evaluations of every path before and after each method, and the per-step trajectories.
+
+    All paths are unlearned together: one batched ``unlearn`` (one fit) per method;
+    with Adam (element-wise) this equals unlearning each path separately."""
     stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *trained)
     veval = jax.vmap(evaluate)
     ev0 = {k: np.asarray(v) for k, v in veval(stacked).items()}
@@ -133,19 +153,22 @@ def run_classifier(cfg: dict[str, Any], ctx) -> dict[str, Any]:
     uopt = optax.adam(cfg["unlearn_lr"])
     for method in cfg["unlearn_methods"]:
         u = unlearn(
-            method, logprob_fn, stacked, (xf, yf), uopt, steps=cfg["unlearn_steps"], batched=True,
+            method, logprob_fn, stacked, forget, uopt, steps=cfg["unlearn_steps"], batched=True,
             eval_fn=lambda p: {k: v for k, v in veval(p).items() if k != "probs"}, eval_every=1,
         )
         ev = {k: np.asarray(v) for k, v in veval(u.params).items()}
         for i, o in enumerate(orders):
             after[o, method] = {k: v[i] for k, v in ev.items()}
             traj[o, method] = {k: np.asarray(v)[:, i] for k, v in u.evals.items()}
+    return before, after, traj
 
-    # ---- summaries -------------------------------------------------------------
+
+def _summarise(cfg: dict[str, Any], ctx, orders, before, after, traj, retrain_probs) -> dict[str, Any]:
     pos = {o: o.index(FORGET) + 1 for o in orders}
     summary: dict[str, Any] = {"orders": [list(o) for o in orders], "positions": [pos[o] for o in orders]}
     acc_before = np.array([before[o]["retain_acc"] for o in orders])
     summary["retain_acc_before"] = acc_before
+    summary["retain_acc_spread_before"] = float(np.ptp(acc_before))
     summary["forget_acc_before"] = np.array([before[o]["forget_acc"] for o in orders])
     summary["forget_logp_before"] = np.array([before[o]["forget_logp"] for o in orders])
     pair_idx = list(itertools.combinations(range(len(orders)), 2))
@@ -155,33 +178,44 @@ def run_classifier(cfg: dict[str, Any], ctx) -> dict[str, Any]:
             return float("nan")
         return float(np.mean([float(re_distance(probs[i], probs[j])) for i, j in pair_idx]))
 
+    def to_retrain(probs):
+        return float(np.mean([float(re_distance(p, retrain_probs[tuple(s for s in o if s != FORGET)])) for o, p in zip(orders, probs)]))
+
     summary["pairwise_re_before"] = mean_pairwise([before[o]["probs"] for o in orders])
-    summary["re_to_retrain_before"] = float(np.mean([float(re_distance(before[o]["probs"], retrain_probs[tuple(s for s in o if s != FORGET)])) for o in orders]))
+    summary["re_to_retrain_before"] = to_retrain([before[o]["probs"] for o in orders])
+    ps = np.array([pos[o] for o in orders])
     for method in cfg["unlearn_methods"]:
-        acc = np.array([after[o, method]["retain_acc"] for o in orders])
-        facc = np.array([after[o, method]["forget_acc"] for o in orders])
-        flogp = np.array([after[o, method]["forget_logp"] for o in orders])
-        ps = np.array([pos[o] for o in orders])
-        summary[method] = {
-            "retain_acc": acc,
-            "retain_acc_spread": float(acc.max() - acc.min()),
-            "retain_acc_std": float(acc.std()),
-            "retain_drop": acc_before - acc,
-            "retain_drop_spread": float((acc_before - acc).max() - (acc_before - acc).min()),
-            "forget_acc": facc,
-            "forget_logp": flogp,
-            "forget_acc_by_p": [float(facc[ps == p].mean()) for p in cfg["clf_positions"]],
-            "forget_logp_by_p": [float(flogp[ps == p].mean()) for p in cfg["clf_positions"]],
-            "forget_acc_before_by_p": [float(summary["forget_acc_before"][ps == p].mean()) for p in cfg["clf_positions"]],
-            "forget_logp_before_by_p": [float(summary["forget_logp_before"][ps == p].mean()) for p in cfg["clf_positions"]],
-            "forget_logp_drop_by_p": [float((summary["forget_logp_before"] - flogp)[ps == p].mean()) for p in cfg["clf_positions"]],
-            "pairwise_re_after": mean_pairwise([after[o, method]["probs"] for o in orders]),
-            "re_to_retrain_after": float(np.mean([float(re_distance(after[o, method]["probs"], retrain_probs[tuple(s for s in o if s != FORGET)])) for o in orders])),
-            "traj_forget_acc": np.stack([traj[o, method]["forget_acc"] for o in orders]),
-            "traj_retain_acc": np.stack([traj[o, method]["retain_acc"] for o in orders]),
-        }
+        out = [after[o, method] for o in orders]
+        summary[method] = _method_summary(cfg, summary, ps, out, [traj[o, method] for o in orders])
+        summary[method]["pairwise_re_after"] = mean_pairwise([a["probs"] for a in out])
+        summary[method]["re_to_retrain_after"] = to_retrain([a["probs"] for a in out])
         for i, o in enumerate(orders):
-            ctx.log(f"classifier/{method}", order=list(o), position=pos[o], retain_acc_before=acc_before[i], retain_acc=acc[i],
-                    forget_acc_before=summary["forget_acc_before"][i], forget_acc=facc[i], forget_logp=flogp[i])
+            ctx.log(f"classifier/{method}", order=list(o), position=pos[o], retain_acc_before=acc_before[i], retain_acc=out[i]["retain_acc"],
+                    forget_acc_before=summary["forget_acc_before"][i], forget_acc=out[i]["forget_acc"], forget_logp=out[i]["forget_logp"])
     summary["forget_acc_before_by_p"] = summary[cfg["unlearn_methods"][0]]["forget_acc_before_by_p"]
     return summary
+
+
+def _method_summary(cfg: dict[str, Any], summary: dict[str, Any], ps: np.ndarray, out: list, traj: list) -> dict[str, Any]:
+    """One method's retained accuracy, forget scores by position and trajectories over the paths."""
+    acc_before = summary["retain_acc_before"]
+    acc = np.array([a["retain_acc"] for a in out])
+    facc = np.array([a["forget_acc"] for a in out])
+    flogp = np.array([a["forget_logp"] for a in out])
+    by_p = lambda v: [float(v[ps == p].mean()) for p in cfg["clf_positions"]]  # noqa: E731
+    return {
+        "retain_acc": acc,
+        "retain_acc_spread": float(acc.max() - acc.min()),
+        "retain_acc_std": float(acc.std()),
+        "retain_drop": acc_before - acc,
+        "retain_drop_spread": float((acc_before - acc).max() - (acc_before - acc).min()),
+        "forget_acc": facc,
+        "forget_logp": flogp,
+        "forget_acc_by_p": by_p(facc),
+        "forget_logp_by_p": by_p(flogp),
+        "forget_acc_before_by_p": by_p(summary["forget_acc_before"]),
+        "forget_logp_before_by_p": by_p(summary["forget_logp_before"]),
+        "forget_logp_drop_by_p": by_p(summary["forget_logp_before"] - flogp),
+        "traj_forget_acc": np.stack([t["forget_acc"] for t in traj]),
+        "traj_retain_acc": np.stack([t["retain_acc"] for t in traj]),
+    }
