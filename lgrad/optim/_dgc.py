@@ -112,23 +112,38 @@ def select_topk(
     ``threshold="sampled"`` (Lin et al. 2018, threshold from a sample): draw
     :math:`s = \max(\lceil \text{sample\_fraction}\cdot N\rceil, \min(N,
     \text{min\_samples}))` entries uniformly (with replacement), take as threshold the
-    :math:`\lceil s\,k/N\rceil`-th largest sampled magnitude, then refine: while fewer
-    than ``low_factor * k`` entries pass, lower the threshold by ``low_factor`` (at
-    most ``max_tries`` times); if more than ``max_send_factor * k`` pass, send the
-    exact top-k among them (a ``lax.cond`` branch: under a *vmapped* worker axis both
-    branches run). Otherwise every entry over the threshold is sent. The message has
-    the static size ``max(k, floor(max_send_factor * k))``.
+    :math:`\lceil s\,k/N\rceil`-th largest sampled magnitude, then refine until the
+    count :math:`c` of entries over it lies in :math:`[\text{low\_factor}\cdot k,
+    \text{max\_send\_factor}\cdot k]`: while :math:`c` is too small and no lower
+    threshold has given too many, lower it by ``low_factor`` (at most ``max_tries``
+    times); while it is too large and nothing is bracketed, raise it by
+    ``1 / low_factor``; once bracketed, regula falsi on :math:`\log(1 + c)` (at most 40
+    steps; usually one). Every
+    entry over the final threshold is sent, so whatever is sent is at least as large
+    as everything kept; only when ties leave no threshold in range (e.g. many equal
+    magnitudes) are the first ``cap`` entries over it, in index order, sent. No
+    ``lax.top_k`` and no ``lax.cond``: one pass over ``x`` per refinement step (usually
+    none or one). The message has the static size ``max(k, floor(max_send_factor * k))``.
     """
     if threshold not in _THRESHOLDS:
         raise ValueError(f"threshold must be one of {_THRESHOLDS}, got {threshold!r}")
     x = jnp.ravel(x)
-    n = x.shape[0]
-    mag = jnp.abs(x)
     if threshold == "exact":
-        _, idx = jax.lax.top_k(mag, k)
+        _, idx = jax.lax.top_k(jnp.abs(x), k)
         idx = idx.astype(jnp.int32)
         kk = jnp.asarray(k, jnp.int32)
         return SparseMessage(x[idx], idx, kk, kk)
+    msg, _, _ = _select_sampled(x, k, key=key, sample_fraction=sample_fraction, min_samples=min_samples,
+                                max_send_factor=max_send_factor, low_factor=low_factor, max_tries=max_tries)
+    return msg
+
+
+def _select_sampled(x, k, *, key, sample_fraction, min_samples, max_send_factor, low_factor, max_tries):
+    """:func:`select_topk`'s sampled path; also returns the final threshold (from which,
+    with the indices, :func:`_sent_mask` rebuilds the sent set without a scatter) and its
+    per-block counts."""
+    n = x.shape[0]
+    mag = jnp.abs(x)
     _, cap = leaf_budget(n, k / n, max_send_factor=max_send_factor, threshold="sampled")
     cap = max(cap, k)
     if key is None:
@@ -137,34 +152,76 @@ def select_topk(
     r = min(s, max(1, int(math.ceil(s * k / n))))
     sample = mag[jax.random.randint(key, (s,), 0, n)]
     thr0 = _kth_largest(sample, r)
-    lo = int(math.ceil(low_factor * k))
+    hint = (jnp.max(sample), jnp.asarray(n // (s + 1), jnp.int32))
+    thr, counts, cnt = _refine(mag, thr0, int(math.ceil(low_factor * k)), cap, low_factor, max_tries, hint)
+    idx = _compact_over(mag, thr, cap, counts)
+    vals = jnp.take(x, idx, mode="fill", fill_value=0)
+    return SparseMessage(vals, idx, jnp.minimum(cnt, cap), cnt), thr, counts
+
+
+def _refine(mag, thr0, lo, cap, low_factor, max_tries, hint):
+    """Move the threshold until ``lo <= count <= cap`` (see :func:`select_topk`);
+    returns ``(threshold, per-block counts at it, count)``.
+
+    Below the range with nothing bracketed: lower by ``low_factor`` (at most
+    ``max_tries`` times). Above it with no upper bracket: interpolate towards ``hint``
+    = (the sample's largest magnitude, its expected count ``N / (s + 1)``), or raise by
+    ``1 / low_factor`` if that is not higher. Once bracketed by ``a`` (count ``ca >
+    cap``) and ``b`` (count ``cb < lo``): regula falsi on ``log(1 + count)`` towards
+    :math:`\sqrt{lo \cdot cap}`, the step kept inside the middle 90% of the bracket, at
+    most ``_BRACKETED`` steps; if they run out below the range (ties: no threshold in
+    range), ``a`` is used and its first ``cap`` entries are sent."""
+    target = jnp.log1p(jnp.asarray(math.sqrt(lo * cap), jnp.float32))
+
+    log1p = lambda c: jnp.log1p(c.astype(jnp.float32))  # noqa: E731
+
+    def toward(a, ca, b, cb):
+        frac = (log1p(ca) - target) / (log1p(ca) - log1p(cb))
+        return a + (b - a) * jnp.clip(frac, 0.05, 0.95).astype(a.dtype)
+
+    def state(t, a, ca, b, cb, tries, steps, counts_a):
+        counts = _block_counts(mag, t)
+        return t, counts, jnp.sum(counts), a, ca, b, cb, tries, steps, counts_a
 
     def cond(c):
-        t, counts, tries = c
-        return (jnp.sum(counts) < lo) & (tries < max_tries)
+        t, _, cnt, a, _, b, _, tries, steps, _ = c
+        bracketed = (a >= 0) & jnp.isfinite(b)
+        room = (steps < _BRACKETED) & (jnp.nextafter(a, b) < b)
+        many = (cnt > cap) & jnp.where(bracketed, room, steps < _BRACKETED)
+        few = (cnt < lo) & jnp.where(a < 0, tries < max_tries, room)
+        return many | few
 
     def body(c):
-        t, _, tries = c
-        t = t * low_factor
-        return t, _block_counts(mag, t), tries + 1
+        t, counts, cnt, a, ca, b, cb, tries, steps, counts_a = c
+        many = cnt > cap
+        a, ca, counts_a = jnp.where(many, t, a), jnp.where(many, cnt, ca), jnp.where(many, counts, counts_a)
+        b, cb = jnp.where(many, b, t), jnp.where(many, cb, cnt)
+        h, ch = hint
+        up = jnp.where(h > t, toward(t, cnt, h, ch), t / low_factor)  # too many, no upper bracket yet
+        bracketed = (a >= 0) & jnp.isfinite(b)
+        t = jnp.where(bracketed, toward(a, ca, b, cb), jnp.where(many, up, t * low_factor))
+        lowering = ~many & (a < 0)
+        return state(t, a, ca, b, cb, tries + lowering.astype(tries.dtype), steps + (~lowering).astype(steps.dtype),
+                     counts_a)
 
-    # the per-block counts of the final threshold are reused by the compaction
-    thr, counts, _ = jax.lax.while_loop(cond, body, (thr0, _block_counts(mag, thr0), jnp.zeros([], jnp.int32)))
-    cnt = jnp.sum(counts)
+    zero = jnp.zeros([], jnp.int32)
+    init = state(thr0, jnp.asarray(-1, mag.dtype), zero, jnp.asarray(jnp.inf, mag.dtype), zero, zero, zero,
+                 jnp.zeros_like(_block_counts(mag[:1], thr0), shape=((mag.shape[0] + _BLOCK - 1) // _BLOCK,)))
+    t, counts, cnt, a, ca, _, _, _, _, counts_a = jax.lax.while_loop(cond, body, init)
+    back = (cnt < lo) & (a >= 0)  # ran out below the range after having been above it: take a
+    return jnp.where(back, a, t), jnp.where(back, counts_a, counts), jnp.where(back, ca, cnt)
 
-    def by_threshold(_):
-        return _compact_over(mag, thr, cap, counts), cnt
 
-    def exact_among(_):
-        # More than cap pass the threshold: they are the largest, so the exact top-k of
-        # the whole tensor is the top-k among them.
-        _, idx = jax.lax.top_k(mag, k)
-        idx = jnp.concatenate([idx.astype(jnp.int32), jnp.full((cap - k,), n, jnp.int32)])
-        return idx, jnp.asarray(k, jnp.int32)
+_BRACKETED = 40  # most refinement steps once the threshold has been too low
 
-    idx, sent = jax.lax.cond(cnt > cap, exact_among, by_threshold, None)
-    vals = jnp.take(x, idx, mode="fill", fill_value=0)
-    return SparseMessage(vals, idx, sent, cnt)
+
+def _sent_mask(mag: jax.Array, thr: jax.Array, idx: jax.Array) -> jax.Array:
+    """Boolean mask of the entries :func:`_compact_over` sent at ``thr`` (``idx``: the first
+    ``cap`` entries with ``mag >= thr`` in index order, padded with ``n``), element-wise and
+    without a scatter: over the threshold and not after the last index sent."""
+    n = mag.shape[0]
+    cut = jnp.where(idx[-1] < n, idx[-1], n)  # every slot used: entries after the last one sent stay
+    return (mag >= thr) & (jnp.arange(mag.shape[0], dtype=jnp.int32) <= cut)
 
 
 def _kth_largest(v: jax.Array, r: int) -> jax.Array:
@@ -316,17 +373,20 @@ def local_step(
             idx = jnp.arange(flat.shape[0], dtype=jnp.int32)
             kk = jnp.asarray(k, jnp.int32)
             msg = SparseMessage(flat, idx, kk, kk)
-        else:
-            msg = select_topk(
-                flat, k, threshold=threshold, key=jax.random.fold_in(key, i),
-                sample_fraction=sample_fraction, max_send_factor=max_send_factor,
+            sent = jnp.ones(leaf.shape, jnp.bool_)
+        elif threshold == "exact":
+            msg = select_topk(flat, k, threshold="exact")
+            sent = jnp.zeros(flat.shape, jnp.bool_).at[msg.indices].set(True, mode="drop").reshape(leaf.shape)
+        else:  # the sent set from the threshold, element-wise (fused with the masking)
+            msg, thr, _ = _select_sampled(
+                flat, k, key=jax.random.fold_in(key, i), sample_fraction=sample_fraction, min_samples=1000,
+                max_send_factor=max_send_factor, low_factor=0.8, max_tries=10,
             )
-        sent = jnp.zeros(flat.shape, jnp.bool_).at[msg.indices].set(True, mode="drop")
-        keep = (~sent).astype(leaf.dtype).reshape(leaf.shape)
+            sent = _sent_mask(jnp.abs(flat), thr, msg.indices).reshape(leaf.shape)
         msgs.append(msg)
         dense.append(None)
-        new_v.append(leaf * keep)
-        new_u.append(ul * keep.astype(ul.dtype) if momentum_masking else ul)
+        new_v.append(jnp.where(sent, jnp.zeros_like(leaf), leaf))
+        new_u.append(jnp.where(sent, jnp.zeros_like(ul), ul) if momentum_masking else ul)
     return LocalStep(
         u=jax.tree.unflatten(treedef, new_u),
         v=jax.tree.unflatten(treedef, new_v),

@@ -37,7 +37,7 @@ from lgrad.bench.timing import time_pair_spread
 from lgrad.distributed import comm, make_program
 from lgrad.optim import dgc
 from lgrad.optim import accumulate, exchange, local_step, select_topk
-from lgrad.optim._dgc import _block_counts, _compact_over, _kth_largest  # the pieces timed alone
+from lgrad.optim._dgc import _block_counts, _compact_over, _kth_largest, _select_sampled, _sent_mask  # timed alone
 
 SHARED = "shared 2-core CPU (other jobs running): medians of interleaved repeats"
 
@@ -116,6 +116,18 @@ def run(quick: bool) -> list[Entry]:
             t_s, t_e, "s", max_ratio=1.0, extra=spread,
         )
     )
+    keys = jax.random.split(jax.random.PRNGKey(11), 8)
+    keyed = jax.jit(lambda a, kk: select_topk(a, k, threshold="sampled", key=kk))
+    pairs = [time_pair(keyed, (v, kk), exact, (v,), repeats=max(3, reps // 3)) for kk in keys]
+    entries.append(
+        Entry(
+            "dgc-threshold-8keys/exact-topk",
+            f"as dgc-threshold, mean over 8 sampling keys (the refinement pass runs as often as the sample "
+            f"misses the range; dgc-threshold's key needs one) vs exact lax.top_k; {SHARED}",
+            float(np.mean([p[0] for p in pairs])), float(np.mean([p[1] for p in pairs])), "s",
+            extra={"per_key_ratio": [round(a / b, 3) for a, b in pairs]},
+        )
+    )
     entries += _selection_breakdown(v, k, reps)
     entries += _step_breakdown(params, x, y, tx, dense_step, args_dense, reps)
     return entries
@@ -142,6 +154,11 @@ def _selection_breakdown(v, k, reps):
         "compact-prefix": (lambda a, t: jnp.nonzero(jnp.abs(a) >= t, size=cap, fill_value=n)[0], (v, thr),
                            "jnp.nonzero(size=cap): n-long prefix sum + n-update scatter (the previous compaction)"),
         "pass": (lambda a: jnp.abs(a) * 2.0, (v,), "one element-wise pass over the vector (the memory floor)"),
+        "minimal": (lambda a: _minimal(a, key, s, r, cap), (v,),
+                    "hand-fused floor: sample estimate, one counting pass, compaction, gather and the masked "
+                    "residual, no refinement"),
+        "sampled+mask": (lambda a: _with_mask(a, k, key), (v,),
+                         "the whole sampled selection (with its refinement) + the scatter-free mask and residual"),
     }
     out = []
     for name, (fn, args, what) in pieces.items():
@@ -149,6 +166,19 @@ def _selection_breakdown(v, k, reps):
         out.append(Entry(f"dgc-breakdown/select-{name}/exact-topk", f"{what} ÷ exact lax.top_k of |v|, n={n}, k={k}; {SHARED}",
                          t_p, t_e, "s", extra={"n": n, "k": k, **spread}))
     return out
+
+
+def _minimal(a, key, s, r, cap):
+    mag = jnp.abs(a)
+    thr = _kth_largest(mag[jax.random.randint(key, (s,), 0, a.shape[0])], r)
+    idx = _compact_over(mag, thr, cap, _block_counts(mag, thr))
+    return jnp.take(a, idx, mode="fill", fill_value=0), idx, jnp.where(mag >= thr, 0.0, a)
+
+
+def _with_mask(a, k, key):
+    msg, thr, _ = _select_sampled(a, k, key=key, sample_fraction=0.01, min_samples=1000, max_send_factor=1.3,
+                                  low_factor=0.8, max_tries=10)
+    return msg, jnp.where(_sent_mask(jnp.abs(a), thr, msg.indices), 0.0, a)
 
 
 def _step_breakdown(params, x, y, tx, dense_step, args_dense, reps):

@@ -1,0 +1,177 @@
+"""Multi-process: ``lgrad launch --processes 2`` ÷ one process, on dsgd-topology's quick workload.
+
+The workload (the ``SCRIPT`` below, run as a fresh interpreter exactly as a user runs a
+command) is the ``dsgd-topology --quick`` training: n = 16 workers, heterogeneous
+logistic regression (d = 10, 3 seeds batched inside each worker), D-SGD with gossip
+over the complete graph, the 4x4 torus and the ring, all three advanced in one
+``lgrad.train.run_loop`` scan of 2000 steps (200 with ``--quick``), with the
+experiment's per-step diagnostics (consensus distance, loss of the average model). One
+process runs it with the vmap backend on its one CPU device; under ``lgrad launch
+--processes 2`` each process holds one CPU device and the workers run on the
+2-device mesh with gloo collectives over 127.0.0.1 (what ``backend="auto"`` picks).
+
+The target row times the whole command from the outside (wall; the CPU time of all
+its processes is in ``extra``); pairs are run interleaved because the machine is
+shared. Each process also reports where its time goes (``extra["breakdown"]``,
+process 0): interpreter start + imports, ``jax.distributed`` init, compile, the
+steady-state step (the compiled scan re-run, ÷ steps), the host transfer of the
+histories, the collectives alone (a scan doing only the per-step collectives of the
+program, same shapes, on the mesh) and XLA's cost analysis of the compiled step
+(flops, bytes, and the collectives in the optimised HLO per step).
+
+Where the time goes (committed full run, shared 2-core CPU): see ``extra``; the
+collectives in the step are one all-gather per graph (XLA merges the gossip rounds'
+identical gathers of the split worker axis) plus the all-reduces of the diagnostics
+and of the loss metric, about 0.3 ms each on loopback gloo; run_loop syncs with the
+host once per chunk (one chunk here), never per step. The rest of the second
+process's cost is the same start-up and compile work the single process does, on
+the same two cores.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from lgrad.bench import Entry
+
+SHARED = "shared 2-core CPU (other jobs running): medians of interleaved runs"
+
+SCRIPT = r'''
+import json, sys, time
+T0 = time.perf_counter()
+from lgrad.distributed.multiprocess import initialize_from_env
+initialize_from_env()
+import jax, jax.numpy as jnp, numpy as np, optax
+jax.devices()
+T1 = time.perf_counter()
+from lgrad import federated
+from lgrad.data import logistic_regression
+from lgrad.distributed import comm, topology
+from lgrad.distributed.multiprocess import to_host
+from lgrad.train import scan_steps
+
+steps, n, S, d, m, B = int(sys.argv[1]), 16, 3, 10, 100, 10
+backend = "mesh" if jax.device_count() > 1 else "vmap"
+tasks = [logistic_regression(m, dim=d, n_workers=n, heterogeneity=1.0, w_norm=3.0, seed=s) for s in range(S)]
+x = np.stack([t.x for t in tasks], 2).astype(np.float32)
+y = np.stack([t.y for t in tasks], 2).astype(np.float32)
+data = federated.ClientData((x, y), np.full(n, m, np.int32))
+
+def local_loss(w, xb, yb):
+    z = xb @ w
+    return jnp.mean(jnp.logaddexp(0.0, z) - yb * z) + 0.5e-3 * jnp.sum(w ** 2)
+
+def loss_fn(w, batch):
+    return jnp.sum(jax.vmap(local_loss)(w, *batch))
+
+def batch_fn(arrays, count, key):
+    xa, ya = arrays
+    idx = jax.vmap(lambda k: jax.random.randint(k, (B,), 0, count))(jax.random.split(key, S))
+    return xa[idx, jnp.arange(S)[:, None]], ya[idx, jnp.arange(S)[:, None]]
+
+graphs = {"complete": topology.complete(n), "torus": topology.torus(4, 4), "ring": topology.ring(n)}
+algs = {g: federated.worker_algorithm(
+    federated.decentralized(optax.sgd(0.1), federated.gossip_mix(topology.metropolis_hastings(a))),
+    loss_fn, n_workers=n, batch_fn=batch_fn, backend=backend) for g, a in graphs.items()}
+placed = federated.shard_workers(data, n_workers=n, backend=backend)
+runs = {g: (alg.init(None, jnp.zeros((S, d))), jax.random.PRNGKey(0)) for g, alg in algs.items()}
+
+def step(carry):
+    new, out = {}, {}
+    for g, (state, key) in carry["runs"].items():
+        key, sub = jax.random.split(key)
+        state, met = algs[g].round(state, carry["data"], sub)
+        new[g] = (state, key)
+        wbar = jnp.mean(state.params, 0)
+        out[g + "/consensus"] = jnp.mean(jnp.sum((state.params - wbar) ** 2, -1), 0)
+        out[g + "/loss"] = met["loss"]
+    return {"data": carry["data"], "runs": new}, out
+
+carry = {"data": placed, "runs": runs}
+T2 = time.perf_counter()
+compiled = jax.jit(lambda c: scan_steps(step, c, steps)).lower(carry).compile()
+T3 = time.perf_counter()
+final, history, _ = jax.block_until_ready(compiled(carry))  # what run_loop runs: one chunk, one host sync
+T4 = time.perf_counter()
+history = jax.tree.map(np.asarray, history)
+params = {g: to_host(s.params) for g, (s, _) in final["runs"].items()}
+T5 = time.perf_counter()
+reps = []
+for _ in range(2):
+    t = time.perf_counter(); jax.block_until_ready(compiled(carry)); reps.append(time.perf_counter() - t)
+hlo = compiled.as_text()
+ca = compiled.cost_analysis()
+ca = (ca[0] if isinstance(ca, list) else ca) or {}
+coll = {k: hlo.count(" " + k + "(") + hlo.count(" " + k + "-start(") for k in ("all-gather", "all-reduce", "collective-permute")}
+coll_ms = 0.0
+if backend == "mesh":  # the step's collectives alone: per graph one all-gather of the params, 3 all-reduces
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    from lgrad.distributed import make_program
+    from lgrad.distributed.workers import worker_mesh
+    def only_comm(p):
+        g = comm.all_gather(p)
+        return p + 1e-9 * (jnp.sum(g) + comm.pmean(jnp.sum(p)) + comm.pmean(jnp.sum(p * p)) + comm.pmean(jnp.mean(p)))
+    prog = make_program(only_comm, n_workers=n, backend="mesh", in_axes=(0,))
+    p0 = jax.device_put(jnp.zeros((n, S, d)), NamedSharding(worker_mesh(n, comm.AXIS, None), P(comm.AXIS)))
+    body = jax.jit(lambda p: jax.lax.scan(lambda c, _: (prog(prog(prog(c))), None), p, None, length=steps)[0])
+    jax.block_until_ready(body(p0))
+    t = time.perf_counter(); jax.block_until_ready(body(p0)); coll_ms = 1e3 * (time.perf_counter() - t) / steps
+out = {"process": jax.process_index(), "processes": jax.process_count(), "backend": backend, "steps": steps,
+       "start_import_s": T1 - T0, "setup_s": T2 - T1, "compile_s": T3 - T2, "first_run_s": T4 - T3,
+       "host_transfer_s": T5 - T4, "step_ms": 1e3 * min(reps) / steps, "collectives_only_step_ms": coll_ms,
+       "xla_flops_per_step": float(ca.get("flops", 0.0)) / steps, "xla_bytes_per_step": float(ca.get("bytes accessed", 0.0)) / steps,
+       "hlo_collectives_per_step": coll}
+if jax.process_index() == 0:
+    print("BREAKDOWN " + json.dumps(out), flush=True)
+'''
+
+
+def _run(argv: list[str], timeout: float) -> tuple[float, float, dict]:
+    """Wall and CPU seconds (all processes) of one command; process 0's breakdown."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", JAX_PLATFORMS="cpu")
+    env.pop("JAX_NUM_CPU_DEVICES", None)
+    t = time.perf_counter()
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env,
+                          cwd=Path(__file__).resolve().parents[3])
+    wall = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("BREAKDOWN ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"{' '.join(a for a in argv if a != SCRIPT)} failed ({proc.returncode}): {(proc.stderr or proc.stdout)[-600:]}")
+    return wall, cpu, json.loads(lines[-1][len("BREAKDOWN "):])
+
+
+def run(quick: bool) -> list[Entry]:
+    steps, pairs = (200, 1) if quick else (2000, 2)
+    one = [sys.executable, "-c", SCRIPT, str(steps)]
+    two = [sys.executable, "-m", "lgrad.cli", "launch", "--processes", "2", "--", "python", "-c", SCRIPT, str(steps)]
+    got: dict[str, list] = {"one": [], "two": []}
+    for _ in range(pairs):  # interleaved: a drift of the shared machine hits both alike
+        got["one"].append(_run(one, 900))
+        got["two"].append(_run(two, 900))
+    med = {k: (statistics.median(r[0] for r in v), statistics.median(r[1] for r in v)) for k, v in got.items()}
+    breakdown = {k: v[-1][2] for k, v in got.items()}
+    rnd = lambda d: {k: (round(x, 4) if isinstance(x, float) else x) for k, x in d.items()}  # noqa: E731
+    extra = {"steps": steps, "cpu_s": {k: round(v[1], 2) for k, v in med.items()},
+             "walls_s": {k: [round(r[0], 2) for r in v] for k, v in got.items()},
+             "breakdown": {k: rnd(v) for k, v in breakdown.items()}}
+    what = (f"`lgrad launch --processes 2` ÷ 1 process: wall of the whole command, dsgd-topology's quick workload "
+            f"(16 workers, 3 graphs, {steps} steps, diagnostics every step; mesh over 2 processes with gloo vs vmap); {SHARED}")
+    return [
+        Entry("multiprocess/launch-2/one-process", what, med["two"][0], med["one"][0], "s", max_ratio=2.0, extra=extra),
+        Entry("multiprocess/launch-2-cpu/one-process",
+              "as multiprocess/launch-2 but CPU seconds (user + system) of all processes: each process compiles and "
+              "runs its half of the workers' program", med["two"][1], med["one"][1], "s", extra={"steps": steps}),
+        Entry("multiprocess/step/one-process",
+              "steady-state step of the compiled scan (process 0 of 2, mesh + gloo) ÷ the one-process vmap step; "
+              f"collectives alone: {breakdown['two']['collectives_only_step_ms']:.3g} ms/step",
+              breakdown["two"]["step_ms"], breakdown["one"]["step_ms"], "ms", extra={"steps": steps}),
+    ]
