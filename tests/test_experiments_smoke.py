@@ -10,6 +10,7 @@ from lgrad.engine import discover, run_experiment
 from lgrad.engine.runner import reevaluate
 
 NAMES = list(discover())
+pytestmark = pytest.mark.slow  # ~7 minutes on 2 cores; `pytest -m "not slow"` leaves them out
 
 
 @pytest.mark.parametrize("name", NAMES)
