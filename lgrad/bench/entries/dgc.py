@@ -7,23 +7,35 @@ says where the time goes. The machine the committed numbers come from is a share
 2-core CPU (other jobs running): each pair is timed interleaved and the spread
 (10th-90th percentile of the ratio over the repeats) is recorded in ``extra``.
 
-Where the time went and what changed (committed full-size run, 1M entries, k=1000):
-the previous sampled selection spent its time in the compaction (``jnp.nonzero``-style
-n-long prefix sum + n-update scatter: ``select-compact-prefix`` 2.3x a whole exact
-top-k) and in ``lax.top_k`` on the 1% sample (``select-estimate-topk`` 0.63x: XLA:CPU's
-top-k has a large fixed cost). Now the estimate bisects the float bits of the sample
-(``select-estimate`` 0.12x), the count is one blocked pass (0.27x, about one
-element-wise pass, ``select-pass`` 0.16x) and the compaction reuses the counts
-(``select-compact`` 0.56x); together about 0.95x of exact top-k. The whole
-``select_topk`` still measures above that (``dgc-threshold`` 1.73 -> 1.22 here):
-the program keeps the exact top-k fallback (more than ``cap`` entries over the
-threshold) in a ``lax.cond``, and on XLA:CPU that costs about 3 ms per call at this
-size even when the branch is not taken (measured by CPU time: with the branch made
-trivial the cost goes; as a 0/1-trip ``while_loop``, with the compaction moved into
-the other branch or selected after the cond, it stays; the same top-k cond next to a
-plain reduction costs nothing) - the cause is not found, the target stays missed.
-In the step (``dgc-step`` 3.49 -> 2.08), per-leaf selection + masking dominates
-(``step-select+mask``); the exchange with one worker is a small scatter (0.12x).
+Where the time went and what changed. The "unexplained ~3 ms lax.cond cost" of the
+previous version was not a cost of the untaken branch: with the entry's fixed sampling
+key the 1% sample over-estimates (1,575 entries pass the estimated threshold, cap
+1,300), so the exact-top-k fallback branch *was* taken and ``dgc-threshold`` paid a
+whole ``lax.top_k`` on top of the sampled pieces. With other keys about 1 call in 5
+takes it (and 1 in 4 lowers the threshold). The sampled selection now has no
+``lax.cond`` and no ``lax.top_k``: an over-full count raises the threshold by
+interpolating towards the sample's largest magnitude (regula falsi once bracketed),
+usually one extra counting pass; the sent set is masked element-wise (``|v| >= thr``
+up to the last index sent), so local_step has no full-size scatter.
+
+Measured by CPU time (``time.process_time``, medians; the shared machine's load made
+wall-clock ratios swing by 2-5x during this work), n = 1M, k = 1000: exact top-k
+3.1-4.8 ms; sampled with this entry's key (one refinement pass) 1.28-1.43x of it;
+mean over 8 keys 0.84x (per key 0.49-1.25x; ``dgc-threshold-8keys``); the hand-fused
+floor (sample estimate, one counting pass, compaction, gather, masked residual, no
+refinement; ``select-minimal``) 0.75-0.90x; one element-wise pass 0.16-0.21x. So
+``dgc-threshold`` <= 1 holds on average over keys but not for a key that needs a
+refinement pass, whose cost (a counting pass + loop overhead, ~0.3x) sits on a
+floor of ~0.8x: on XLA:CPU ``lax.top_k`` of 1M floats costs only ~5 passes.
+
+The step (1.86M params, CPU time): dense momentum SGD 12.5 ms (gradient 7.3 ms),
+DGC 26.2 ms sampled / 25.5 ms exact (2.09 / 2.03; ``local_step`` alone 15.5 ms). Out of
+reach on XLA:CPU: beyond the gradient, dense SGD makes one fused pass over (g, m, p)
+while DGC must read and write u and v twice (accumulate, then mask), count and
+compact over v, and build the dense update from the messages (memset + scatter);
+XLA:CPU does not fuse the counting reductions with their element-wise producers, so
+each is a separate pass. The 1.3 target would leave 9 ms for all of that, less than
+the passes' measured cost.
 """
 from __future__ import annotations
 
