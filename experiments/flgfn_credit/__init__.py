@@ -161,7 +161,8 @@ def _run_grid(cfg, ctx: RunContext) -> dict[str, Any]:
             res = run_loop(jax.vmap(step), jax.vmap(init)(keys), steps=cfg["grid_steps"], eval_fn=jax.vmap(evaluate),
                            eval_every=cfg["eval_every"], progress=ctx.progress)
         l1 = np.asarray(res.evals["l1"])  # (n_evals, seeds)
-        out[method] = dict(l1=l1.tolist(), p=np.asarray(res.evals["p"])[-1], sampled_l1=_sampled_l1(env, apply, res.state.params, cfg, target))
+        sampled = _sampled_l1(env, apply, res.state.params, cfg, target)
+        out[method] = dict(l1=l1.tolist(), p=np.asarray(res.evals["p"])[-1], sampled_l1=sampled)
         out["steps"], out["target"] = np.asarray(res.eval_steps).tolist(), target
         ctx.log_history(f"hypergrid/{method}", {"loss": res.history["loss"].mean(-1)}, every=cfg["eval_every"])
         for i, s in enumerate(res.eval_steps):
