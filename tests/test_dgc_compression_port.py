@@ -67,3 +67,21 @@ def test_backend_probe_vmap_equals_mesh_on_one_device():
     # replicas stay identical: both rules all-reduce/all-gather before stepping
     w = a["dgc/params/w1"]
     assert np.array_equal(w, np.broadcast_to(w[0], w.shape))
+
+
+def test_claims_from_hand_made_measurements_are_pure():
+    """claims() reads only the JSON measurements, config and CRITERIA (lists, str keys)."""
+    seed = dict(n_params=100, dense_bytes=400, dgc_bytes_final=1, acc_dense=0.95, acc_dgc=0.949, ks=[100, 5],
+                sent_counts=[{"value": [80, 130], "count": [3, 1]}, {"value": [5], "count": [4]}],
+                estimated_counts=[{"value": [79, 120], "count": [1, 3]}, {"value": [5], "count": [4]}],
+                book=0.0, replica_spread_max=0.0, dense_total=4e3, dgc_total=10.0, phases=[[10, 0.001]],
+                steps=10, n_test=1000, seed=0)
+    other = dict(seed, acc_dgc=0.96, sent_counts=[{"value": [79, 100], "count": [1, 3]}, {"value": [5], "count": [4]}])
+    cfg = dict(exp.CONFIGS["quick"])
+    got = {c.id: c for c in exp.claims({"seeds": [seed, other]}, cfg)}
+    assert got["compression-ratio"].measured == 400 and got["compression-ratio"].passed
+    assert got["accuracy-gap"].measured["per_seed"] == [0.1, -1.0] and got["accuracy-gap"].passed
+    assert got["selected-count"].measured == 0.875 and not got["selected-count"].passed  # 79/100 < 0.8k
+    assert got["threshold-estimate"].measured == 0.75  # leaf with k >= 100 only, seed 0
+    assert got["bookkeeping-identity"].passed
+    assert exp.claims({"seeds": [seed, other]}, cfg) == exp.claims({"seeds": [seed, other]}, cfg)
