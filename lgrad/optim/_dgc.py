@@ -160,7 +160,7 @@ def _select_sampled(x, k, *, key, sample_fraction, min_samples, max_send_factor,
 
 
 def _refine(mag, thr0, lo, cap, low_factor, max_tries, hint):
-    """Move the threshold until ``lo <= count <= cap`` (see :func:`select_topk`);
+    r"""Move the threshold until ``lo <= count <= cap`` (see :func:`select_topk`);
     returns ``(threshold, per-block counts at it, count)``.
 
     Below the range with nothing bracketed: lower by ``low_factor`` (at most
