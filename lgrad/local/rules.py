@@ -34,7 +34,8 @@ Eq. 6-7, λ interpolated linearly between the first and last local module as in 
 authors' code); Pathak et al. 2023 (local learning on transformers via feature
 reconstruction); Ma et al. 2024 (AugLocal, ICLR, uniform layer selection Eq. 4 and the
 pyramidal depth); Su et al. 2024 (MAN, EMA of the next block + learnable bias). See
-``docs/papers/local-learning.md#what-we-implement``.
+``docs/papers/local-tpsgd-drtp.md``, ``local-infopro.md``, ``local-feature-reconstruction.md``,
+``local-auglocal.md`` and ``local-man.md`` (section "What we implement").
 
 Example::
 
@@ -180,7 +181,7 @@ def _project(onehot, P, out_shape_batch, per_step: bool):
 
 # ---- DRTP --------------------------------------------------------------------------------
 def drtp(*, projections: Sequence[Any] | None = None, scale: float = 1.0) -> LocalRule:
-    r"""Direct Random Target Projection (Frenkel et al. 2021, Eq. 2-3; ``docs/papers/local-learning.md``).
+    r"""Direct Random Target Projection (Frenkel et al. 2021, Eq. 2-3; ``docs/papers/local-tpsgd-drtp.md``).
 
     The error of hidden block :math:`k` is replaced by the fixed random projection of
     the one-hot label, :math:`\delta z_k = (B_k y^*) \odot f'(z_k)`; implemented as the
@@ -294,7 +295,7 @@ def infopro(*, recon_weight=(1.0, 0.0), cls_weight=(1.0, 1.0), head_width: int =
     r"""InfoPro (Wang et al. 2021): :math:`\lambda_1 \mathrm{BCE}(\mathrm{Dec}(h_k), x) + \lambda_2 \mathrm{CE}(\mathrm{Aux}(h_k), y)`.
 
     ``recon_weight`` / ``cls_weight``: λ1, λ2 at the first and the last hidden block,
-    interpolated linearly in between (``docs/papers/local-learning.md#what-we-implement``). Inputs must lie in [0, 1].
+    interpolated linearly in between (``docs/papers/local-infopro.md#what-we-implement``). Inputs must lie in [0, 1].
     """
     return _recon_rule("infopro", "image", recon_weight, cls_weight, head_width)
 
@@ -313,7 +314,7 @@ def _round_half_up(v: float) -> int:
 def auglocal_indices(layer: int, n_layers: int, depth: int) -> list[int]:
     r"""Layers copied into the auxiliary net of hidden layer ``layer`` (AugLocal Eq. 4):
     :math:`i_j = \mathrm{round}(l + (n-l-1) j / d)`, :math:`j=1..d` (half rounds up);
-    all later layers when :math:`d \ge n-1-l`. ``docs/papers/local-learning.md``: n=16, d=3: l=0 -> [5, 10, 15];
+    all later layers when :math:`d \ge n-1-l`. ``docs/papers/local-auglocal.md``: n=16, d=3: l=0 -> [5, 10, 15];
     l=10 -> [12, 13, 15]."""
     check_int(n_layers, "n_layers", minimum=2)
     check_int(layer, "layer", minimum=0)
@@ -329,7 +330,7 @@ def auglocal_indices(layer: int, n_layers: int, depth: int) -> list[int]:
 def auglocal_depths(n_layers: int, depth: int, *, gamma: float = 0.5, min_depth: int = 1) -> list[int]:
     r"""Pyramidal depth: :math:`d_l = \max(d_{min}, \mathrm{round}(d\,(1 - \gamma\, l/(n-1))))`
     for hidden layers :math:`l = 0..n-2` (depth shrinks linearly with l; γ = 0.5 is the
-    coefficient of ``docs/papers/local-learning.md#what-we-implement``; the exact rounding is our reading of the paper)."""
+    coefficient of ``docs/papers/local-auglocal.md#what-we-implement``; the exact rounding is our reading of the paper)."""
     check_int(n_layers, "n_layers", minimum=2)
     check_int(depth, "depth", minimum=1)
     check_int(min_depth, "min_depth", minimum=1)
