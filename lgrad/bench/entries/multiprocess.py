@@ -19,24 +19,28 @@ histories, the collectives alone (a scan doing only the per-step collectives of 
 program, same shapes, on the mesh) and XLA's cost analysis of the compiled step
 (flops, bytes, and the collectives in the optimised HLO per step).
 
-Where the time goes (measured during this work on the shared 2-core CPU, load 13-27):
-``lgrad run dsgd-topology --quick`` took 56.3 s wall / 15.8 s CPU in one process and
-72.6 s wall / 32.7 s CPU under ``lgrad launch --processes 2`` (1.29x wall, 2.07x CPU;
-the issue's 10x, 120 s vs 11.5 s, did not reproduce). This entry's ``--quick`` run
-(200 steps): wall 40.4 vs 39.9 s (1.01x), CPU 14.7 vs 5.5 s (2.65x). Per process:
-start + imports 5-10 s, ``jax.distributed`` init under 1 s, compile 19-24 s (the
-largest item, paid by every process), the steady-state step 1.17 ms on the mesh vs
-0.19 ms with vmap, of which the collectives alone take 0.37 ms; host transfer of
-the histories 0.06 s once. The optimised HLO of one step holds 3 all-gathers (one
-per graph: XLA merges the identical gathers that the gossip rounds' ppermutes become
-when 8 workers share a device) and 4 all-reduces (the per-step diagnostics and the
-loss metric), no collective-permute; ``run_loop`` syncs with the host once per
-chunk, not per step. So nothing per step crosses to the host that the
-single-process run does not; the second process's CPU is the same start-up and
-compile work again, and the per-step cost is gloo's latency (~0.1 ms per
-collective on loopback) plus the gather-and-pick emulation of ppermute over the
-split worker axis. Dropping the diagnostics' all-reduces (an experiment choice, not
-the library's) would save 4 of the 7 collectives per step.
+Where the time goes (measured during this work on the shared 2-core CPU). Under
+heavy load (load average 13-27) the two runs look alike: ``lgrad run dsgd-topology
+--quick`` 56.3 s wall / 15.8 s CPU in one process vs 72.6 s / 32.7 s under ``lgrad
+launch --processes 2`` (1.29x wall), this entry's ``--quick`` run 1.01x wall.
+On a quieter machine (load ~9) the full entry reproduces the issue: 10.6 s vs 58.3 s
+wall (5.5x), 7.1 s vs 45.0 s CPU (6.3x). Per process (full run): start + imports
+1.6 vs 2.7 s, ``jax.distributed`` init < 1 s, compile 5.2 vs 8.6 s, the 2000 steps
+0.76 vs 20.1 s: the mesh step costs 5.3 ms against 0.35 ms with vmap. The optimised
+HLO of one step holds 3 all-gathers (one per graph: XLA merges the identical gathers
+the gossip rounds' ppermutes become when 8 workers share a device) and 4
+all-reduces (the experiment's per-step diagnostics and the loss metric), no
+collective-permute; ``run_loop`` syncs with the host once per chunk, never per
+step, and the host transfer is 0.05 s. So the cost is the 7 gloo rendezvous per
+step: each one waits for the other process, and gloo waits by polling (in a rerun
+42 s of the 73 s CPU were system time); on a 2-core machine the waiting process
+takes the core the other needs. The collectives alone (same count and shapes, no
+compute between them) measured 0.5-10 ms per step depending on the load; one XLA
+thread per process (``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false
+intra_op_parallelism_threads=1``) did not change this. What would: fewer
+rendezvous per step (the 4 metric all-reduces are diagnostics that could be
+computed every ``log_every`` steps instead of every step: experiment and
+``lgrad.federated`` code), or gossip every few local steps. Not done here.
 """
 from __future__ import annotations
 
