@@ -22,6 +22,5 @@ def test_experiment_smoke(name, tmp_path):
     assert data["name"] == name and len(data["claims"]) == len(result.claims)
     assert list((tmp_path / exp.name).glob("*.png")), f"{name} wrote no plot"
     assert (tmp_path / exp.name / "metrics.jsonl").stat().st_size > 0
-    if "measurements" in data:  # TRANSITION: every experiment once all define measure/claims
-        stored, again = reevaluate(name, tmp_path)  # the claims follow from the stored measurements alone
-        assert [c.to_dict() for c in again] == [c.to_dict() for c in stored]
+    stored, again = reevaluate(name, tmp_path)  # the claims follow from the stored measurements alone
+    assert [c.to_dict() for c in again] == [c.to_dict() for c in stored]

@@ -160,10 +160,7 @@ def _check_signature(fn: Any, name: str, attr: str, params: tuple[str, str]) -> 
         pass
 
 
-_ALLOW_LEGACY_RUN = True  # TRANSITION: experiments still defining run(config, ctx); removed once all are converted
-
-
-def _build(module: ModuleType, measure: Callable[..., Any], claims: Callable[..., Any], criteria: dict[str, Any]) -> Experiment:
+def _build(module: ModuleType) -> Experiment:
     configs = dict(module.CONFIGS)
     for mode in MODES:
         if mode not in configs:
@@ -178,31 +175,16 @@ def _build(module: ModuleType, measure: Callable[..., Any], claims: Callable[...
         expected=getattr(module, "EXPECTED", ""),
         configs=configs,
         smoke=dict(getattr(module, "SMOKE", {})),
-        measure=_with_x64(measure) if x64 else measure,
-        claims=claims,
-        criteria=criteria,
+        measure=_with_x64(module.measure) if x64 else module.measure,
+        claims=module.claims,
+        criteria=_criteria(module, module.NAME),
         module=module,
         x64=x64,
         sweepable=_sweep_protocol(module, module.NAME, configs["quick"]),
     )
 
 
-def _legacy(module: ModuleType) -> Experiment:
-    """TRANSITION: a module with ``run``; its claims travel inside the measurements."""
-    from lgrad.engine.claims import Claim
-
-    def claims(m: dict[str, Any], config: dict[str, Any]) -> list[Any]:
-        return [Claim(**c) for c in m["__claims__"]]
-
-    def measure(config: dict[str, Any], ctx: Any) -> dict[str, Any]:
-        return {"__claims__": [c.to_dict() for c in module.run(config, ctx)]}
-
-    return _build(module, measure, claims, dict(getattr(module, "CRITERIA", {})))
-
-
 def _load(module: ModuleType) -> Experiment:
-    if _ALLOW_LEGACY_RUN and hasattr(module, "run") and not hasattr(module, "measure") and hasattr(module, "NAME"):
-        return _legacy(module)
     missing = [a for a in _CONTRACT if not hasattr(module, a)]
     if missing:
         legacy = " (run(config, ctx) is now measure(config, ctx) + claims(measurements, config))" if hasattr(module, "run") else ""
@@ -211,7 +193,7 @@ def _load(module: ModuleType) -> Experiment:
         raise TypeError(f"experiment {module.NAME}: define measure and claims, not run (the engine composes them)")
     _check_signature(module.measure, module.NAME, "measure", ("config", "ctx"))
     _check_signature(module.claims, module.NAME, "claims", ("measurements", "config"))
-    return _build(module, module.measure, module.claims, _criteria(module, module.NAME))
+    return _build(module)
 
 
 def experiment_packages() -> list[str]:

@@ -166,8 +166,7 @@ class Result:
             "config": to_jsonable(self.config),
             "environment": self.environment,
         }
-        if "__claims__" not in self.measurements:  # TRANSITION: legacy run() experiments have none
-            out["measurements"] = to_jsonable(self.measurements)
+        out["measurements"] = to_jsonable(self.measurements)
         return out
 
     @property
