@@ -104,7 +104,7 @@ CASES = [
     (["run"], "name"),
     (["frobnicate"], "frobnicate"),
     (["run", "unlearning-paths", "--set", "unlearn_methods=ga,xx"], "unlearn_methods"),
-    (["run", "local-learning", "--set", "rules=backprop,nope"], "rules"),
+    (["run", "local-tpsgd-drtp", "--set", "rules=backprop,nope"], "rules"),
     (["run", "attention-svm", "--set", "check_fro_at=15"], "check_fro_at=15"),
     (["run", "hessian-spectrum", "--set", "widths=100000"], "widths=[100000]"),
     # lgrad sweep: every cell is checked
