@@ -34,6 +34,21 @@ def test_one_round_is_dsgd_with_metropolis_hastings_gossip():
     for name, w in exp._mixing(cfg["n_workers"]).items():
         np.testing.assert_allclose(params[name], np.einsum("ij,jsd->isd", w, half), rtol=1e-5, atol=1e-7)
     assert hist["ring/consensus"].shape == (1, 2) and hist["ring/bytes_sent"][0] == 32
+    assert hist["eval_steps"].tolist() == [1]  # the diagnostics after the round; step 0 dropped
+
+
+def test_diagnostics_every_log_every_steps_and_tail_over_them():
+    """Consensus and f(xbar) are evaluated every log_every steps (and after the last);
+    the tail means are over the evaluations in the last tail_fraction of the steps."""
+    cfg = _cfg(steps=23, log_every=5, tail_fraction=0.5)
+    hist, params, _, data = exp._train(cfg, "vmap", cfg["steps"])
+    assert hist["eval_steps"].tolist() == [5, 10, 15, 20, 23]
+    assert hist["ring/consensus"].shape == (5, 2) and hist["ring/bytes_sent"].shape == (23,)
+    wbar = params["ring"].mean(0)
+    np.testing.assert_allclose(hist["ring/consensus"][-1], ((params["ring"] - wbar) ** 2).sum(-1).mean(0), rtol=1e-5)
+    res = exp._measure(cfg, hist, data)
+    assert res["tail"] == 12 and res["tail_evals"] == 3  # steps 15, 20, 23 lie in the last 12
+    np.testing.assert_allclose(res["final_cons"]["ring"], hist["ring/consensus"][2:].astype(np.float64).mean(0), rtol=1e-12)
 
 
 def test_backend_probe_on_one_device_and_keys():
@@ -61,7 +76,7 @@ def _measurements(cfg, **over):
     """Hand-made measurements in the form measure returns (as read back from JSON)."""
     graphs = exp._graphs(cfg["n_workers"])
     cons = {"complete": [1e-12], "torus": [1e-3], "ring": [1e-2]}
-    m = dict(tail=6, final_cons=cons, final_sub={k: [0.1] for k in cons}, mean_cons={k: v[0] for k, v in cons.items()},
+    m = dict(tail=6, tail_evals=2, final_cons=cons, final_sub={k: [0.1] for k in cons}, mean_cons={k: v[0] for k, v in cons.items()},
              mean_sub={k: 0.1 for k in cons},
              gaps={k: topology.spectral_gap(w) for k, w in exp._mixing(cfg["n_workers"]).items()},
              degree={k: int(a.sum(1).max()) for k, a in graphs.items()},

@@ -108,6 +108,27 @@ def test_dsgd_ring_matches_numpy():
     assert float(metrics["bytes_sent"]) == 2 * D * 8
 
 
+@pytest.mark.parametrize("backend", ["vmap", "mesh"])
+def test_worker_loss_metric_is_per_worker_and_unreduced(backend):
+    """``loss`` is each worker's pre-step minibatch loss, shape (n,), split like the
+    workers on a mesh: a round adds no reduction over the workers of its own."""
+    n = 8  # a multiple of the test session's device count
+    rng = np.random.default_rng(2)
+    xs, ys = rng.normal(size=(n, 5, D)).astype(np.float32), rng.normal(size=(n, 5)).astype(np.float32)
+    data = federated.shard_workers(federated.ClientData((xs, ys), np.full((n,), 5, np.int32)), n_workers=n,
+                                   backend=backend)
+    alg = federated.worker_algorithm(optax.sgd(0.1), _loss, n_workers=n, backend=backend)
+    w0 = np.array([0.5, -1.0, 2.0], np.float32)
+    state0, key = alg.init(None, {"w": w0}), jax.random.PRNGKey(0)
+    state, metrics = jax.jit(alg.round)(state0, data, key)
+    hlo = jax.jit(alg.round).lower(state0, data, key).compile().as_text()
+    assert not any(op in hlo for op in ("all-reduce", "all-gather", "collective-permute"))  # sgd: no communication
+    want = [0.5 * np.mean((xs[i] @ w0 - ys[i]) ** 2) for i in range(n)]
+    np.testing.assert_allclose(np.asarray(metrics["loss"]), want, rtol=1e-5)
+    assert metrics["loss"].sharding.is_equivalent_to(state.params["w"].sharding, 1)
+    assert metrics["bytes_sent"].shape == ()
+
+
 def test_partial_participation_is_keyed_and_reproducible():
     parts, x, y = _problem()
     data = federated.stack_clients(parts, x.astype(np.float32), y.astype(np.float32))

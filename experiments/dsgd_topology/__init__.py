@@ -16,7 +16,12 @@ federated.gossip_mix(W)), ...)``, one algorithm per graph, all three advanced in
 one ``lgrad.train.run_loop`` scan; the S seeds are batched inside each worker
 (params (S, d), one minibatch per seed). The consensus distance and the averaged
 model's loss are diagnostics computed from the stacked parameters outside the
-algorithm (their reductions are not counted traffic).
+algorithm (their reductions are not counted traffic), every ``log_every`` steps
+(``run_loop``'s ``eval_fn``): they need the mean over the workers, a collective that
+across processes is one more rendezvous, so only the gossip communicates every step.
+The tail means of the claims are means over those evaluations (every ``log_every``
+steps in the last ``tail_fraction`` of the steps); they were means over every step
+before, the numbers before/after are in the page.
 
 Command: ``lgrad run dsgd-topology --quick`` (``--set backend=vmap|mesh``; several
 devices: ``JAX_NUM_CPU_DEVICES=8 lgrad run dsgd-topology``; several processes:
@@ -75,7 +80,7 @@ CONFIGS = {
     "quick": dict(_COMMON, steps=2000, dim=10, samples_per_worker=100, batch_size=10, n_seeds=3),
     "full": dict(_COMMON, steps=20000, dim=100, samples_per_worker=2000, batch_size=32, n_seeds=10),
 }
-SMOKE = dict(steps=60, n_seeds=1, backend="vmap", check_steps=0, log_every=5)  # one compile
+SMOKE = dict(steps=60, n_seeds=1, backend="vmap", check_steps=0, log_every=5)  # one scan compile
 # The backend-equivalence probe: seconds long, n = 16 workers (a multiple of 8).
 PROBE = dict(n_seeds=2, samples_per_worker=20, check_steps=0)
 LIMITS = {  # learning_rate, beta, batch_size: lgrad.engine.config.GENERIC_LIMITS
@@ -194,7 +199,9 @@ def _diagnostics(params, data: federated.ClientData, l2: float) -> dict[str, jax
 
 
 def _train(cfg, backend: str, steps: int, progress=None):
-    """All graphs in one scan: histories {graph/metric: (steps, ...)}, final params
+    """All graphs in one scan, the diagnostics every ``cfg["log_every"]`` steps: histories
+    {graph/bytes_sent: (steps,), graph/consensus|loss: (evals, S), eval_steps: (evals,)}
+    (evaluations after ``log_every``, 2 ``log_every``, ..., ``steps`` steps), final params
     {graph: (n, S, d)}, exact bytes per worker per step {graph: int}."""
     algs = _algorithms(cfg, backend)
     data = _data(cfg)
@@ -207,22 +214,31 @@ def _train(cfg, backend: str, steps: int, progress=None):
         new, metrics = {}, {}
         for name, (state, key) in carry["runs"].items():
             key, sub = jax.random.split(key)
-            state, m_ = algs[name].round(state, carry["data"], sub)
+            state, m_ = algs[name].round(state, carry["data"], sub)  # m_["loss"] (per worker) unused
             new[name] = (state, key)
-            m_ = dict(_diagnostics(state.params, carry["data"], cfg["l2"]), bytes_sent=m_["bytes_sent"] / S)
-            metrics.update({f"{name}/{k}": v for k, v in m_.items()})
+            metrics[f"{name}/bytes_sent"] = m_["bytes_sent"] / S
         return {"data": carry["data"], "runs": new}, metrics
 
-    res = run_loop(step, {"data": placed, "runs": runs}, steps=steps, progress=progress)
+    def evaluate(carry):
+        out = {}
+        for name, (state, _) in carry["runs"].items():
+            out.update({f"{name}/{k}": v for k, v in _diagnostics(state.params, carry["data"], cfg["l2"]).items()})
+        return out
+
+    res = run_loop(step, {"data": placed, "runs": runs}, steps=steps, eval_fn=evaluate,
+                   eval_every=cfg["log_every"], progress=progress)
+    after = res.eval_steps > 0  # the evaluation of the initial (zero) parameters is dropped
+    hist = dict(res.history, **{k: v[after] for k, v in res.evals.items()}, eval_steps=res.eval_steps[after])
     params = {name: to_host(state.params) for name, (state, _) in res.state["runs"].items()}
     sent = {name: alg.traffic["bytes_sent"] // S for name, alg in algs.items()}  # per seed-run
-    return res.history, params, sent, data
+    return hist, params, sent, data
 
 
 def backend_probe(config: dict, backend: str, rounds: int = 3) -> dict[str, np.ndarray]:
     """``rounds`` rounds of every graph's D-SGD on ``backend`` (``measure``'s helpers):
-    the per-round metrics and the final parameters as numpy arrays."""
-    hist, params, _, _ = _train(dict(config), backend, rounds)
+    the per-round metrics, the diagnostics after every round (``log_every=1``) and the
+    final parameters as numpy arrays."""
+    hist, params, _, _ = _train(dict(config, log_every=1), backend, rounds)
     out = {k: np.asarray(v) for k, v in hist.items()}
     out.update({f"{name}/params": np.asarray(p) for name, p in params.items()})
     return out
@@ -237,16 +253,18 @@ def _choose_backend(cfg) -> str:
 
 # ----------------------------------------------------------------------------- measurement
 def _measure(cfg, hist, data: federated.ClientData) -> dict[str, Any]:
-    """Tail means per seed and curves (seed, step) of consensus and f(xbar) - f*."""
+    """Tail means per seed (over the evaluations in the last ``tail`` steps) and curves
+    (seed, evaluation) of consensus and f(xbar) - f*."""
     x, y = data.arrays
     fstar = np.array([_optimum(x[:, :, s], y[:, :, s], cfg["l2"]) for s in range(x.shape[2])])
     tail = max(1, int(round(cfg["tail_fraction"] * cfg["steps"])))
-    out = {"tail": tail, "final_cons": {}, "final_sub": {}, "curves": {}}
+    in_tail = np.asarray(hist["eval_steps"]) > cfg["steps"] - tail  # the last evaluation is after the last step
+    out = {"tail": tail, "tail_evals": int(in_tail.sum()), "final_cons": {}, "final_sub": {}, "curves": {}}
     for name in TOPOLOGIES:
-        cons = np.asarray(hist[f"{name}/consensus"], np.float64)  # (T, S)
+        cons = np.asarray(hist[f"{name}/consensus"], np.float64)  # (evals, S)
         sub = np.maximum(np.asarray(hist[f"{name}/loss"], np.float64) - fstar, 1e-16)
-        out["final_cons"][name] = cons[-tail:].mean(0).tolist()
-        out["final_sub"][name] = sub[-tail:].mean(0).tolist()
+        out["final_cons"][name] = cons[in_tail].mean(0).tolist()
+        out["final_sub"][name] = sub[in_tail].mean(0).tolist()
         out["curves"][name] = {"consensus": cons.T, "subopt": sub.T}
     out["mean_cons"] = {k: float(np.mean(v)) for k, v in out["final_cons"].items()}
     out["mean_sub"] = {k: float(np.mean(v)) for k, v in out["final_sub"].items()}
@@ -266,8 +284,8 @@ def measure(config: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
     for name in TOPOLOGIES:
         c = np.mean(res["curves"][name]["consensus"], 0)
         f = np.mean(res["curves"][name]["subopt"], 0)
-        ctx.log_history(name, {"consensus": c, "loss_minus_fstar": f}, every=cfg["log_every"])
-    _plot(ctx, res.pop("curves"), gaps, cfg["steps"], n)
+        ctx.log_history(name, {"steps_done": hist["eval_steps"], "consensus": c, "loss_minus_fstar": f})
+    _plot(ctx, res.pop("curves"), gaps, hist["eval_steps"], n)
     ctx.log("summary", consensus=res["mean_cons"], loss_minus_fstar=res["mean_sub"], spectral_gap=gaps,
             bytes_sent=bytes_sent, backend=backend, devices=jax.device_count(), processes=jax.process_count())
     degree = {k: int(a.sum(1).max()) for k, a in graphs.items()}
@@ -283,6 +301,7 @@ def claims(measurements: dict[str, Any], config: dict[str, Any]) -> list[Claim]:
 def _claims(cfg, res) -> list[Claim]:
     gaps, degree, bytes_sent = res["gaps"], res["degree"], res["bytes_sent"]
     mean_cons, fc, tail, T = res["mean_cons"], res["final_cons"], res["tail"], cfg["steps"]
+    tail_means = f"mean of the {res['tail_evals']} evaluations, every {cfg['log_every']} steps, in the last {tail} of {T} steps"
     per_seed_order = [fc["complete"][i] < fc["torus"][i] < fc["ring"][i] for i in range(cfg["n_seeds"])]
     closed = _closed_form_gaps(cfg["n_workers"])
     gap_err = max(abs(gaps[k] - closed[k]) for k in TOPOLOGIES)
@@ -291,7 +310,7 @@ def _claims(cfg, res) -> list[Claim]:
     return [
         Claim.holds(
             "consensus-order",
-            f"consensus distance (mean of the last {tail} of {T} steps) is ordered complete < torus < ring, "
+            f"consensus distance ({tail_means}) is ordered complete < torus < ring, "
             f"in the seed mean and in each of {cfg['n_seeds']} seed(s)",
             {"mean": mean_cons, "order_held_per_seed": per_seed_order},
             "complete < torus < ring",
@@ -318,7 +337,7 @@ def _claims(cfg, res) -> list[Claim]:
         ),
         Claim.finding(
             "loss-minus-optimum",
-            f"f(xbar) - f* of the averaged model (mean of the last {tail} steps, seed mean)",
+            f"f(xbar) - f* of the averaged model ({tail_means}, seed mean)",
             res["mean_sub"],
             note="D-SGD with a constant step converges to a neighbourhood of f*; a sparser graph leaves the "
             "workers further apart and the average model somewhat further from f*",
@@ -402,13 +421,13 @@ def _backend_claim(cfg, m: dict[str, Any]) -> Claim:
                          note="max abs difference, float32 (both runs through backend_probe, run's own helpers)")
 
 
-def _plot(ctx: RunContext, curves, gaps, T, n) -> None:
+def _plot(ctx: RunContext, curves, gaps, eval_steps, n) -> None:
     import matplotlib.pyplot as plt
 
     colors = {"complete": "tab:green", "torus": "tab:blue", "ring": "tab:red"}
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    steps = np.arange(1, T + 1)
-    stride = max(1, T // 400)
+    steps = np.asarray(eval_steps)
+    stride = max(1, len(steps) // 400)
     for name in TOPOLOGIES:
         c = np.mean(curves[name]["consensus"], 0)
         f = np.mean(curves[name]["subopt"], 0)

@@ -38,7 +38,9 @@ Inputs and state. Client data is a :class:`lgrad.federated.ClientData`. With
 workers for :func:`worker_algorithm`; ``replicate=True`` for
 :func:`server_algorithm`, whose round gathers the sampled clients); ``init``
 places the state itself. Under ``lgrad launch`` every process runs the same
-program and reads the same replicated metrics.
+program and reads the same replicated metrics, except :func:`worker_algorithm`'s
+per-worker ``loss``, which stays split like the workers (gather it with
+``lgrad.distributed.multiprocess.to_host``).
 """
 from __future__ import annotations
 
@@ -183,9 +185,15 @@ def worker_algorithm(
       gradient: compute :math:`g_i` by backprop (``False`` passes ``None``).
       backend: ``"vmap"``, ``"mesh"`` or ``"pmap"`` (an alias of mesh).
 
-    Metrics per round: ``loss`` (mean over workers of the pre-step minibatch loss),
-    ``bytes_sent`` (per worker, float32); ``traffic`` holds the exact ``bytes_sent``
-    and the number of counted collective ``calls`` per worker and round.
+    Metrics per round: ``loss``, shape ``(n_workers,)``: each worker's pre-step
+    minibatch loss :math:`\ell(\theta_i; b_i)`, left unreduced and, on a mesh, split
+    over the devices like the workers, so that a round adds no collective of its own
+    (a mean over the workers here would be one more rendezvous per round across
+    processes); take the mean over workers on the host, e.g. once per chunk of
+    ``lgrad.train.run_loop``'s history (``history["loss"].mean(-1)``; under
+    ``lgrad launch`` gather it first with ``lgrad.distributed.multiprocess.to_host``).
+    ``bytes_sent`` (per worker, float32, a constant); ``traffic`` holds the exact
+    ``bytes_sent`` and the number of counted collective ``calls`` per worker and round.
     """
     n = check_int(n_workers, "n_workers", minimum=1)
     mesh = _mesh(n, _check_backend(backend), axis_name, devices)
@@ -210,8 +218,8 @@ def worker_algorithm(
         _check_clients(data, n)
         keys = jax.random.split(key, n)
         p, s, loss = program(state.params, state.opt_state, data.arrays, data.count, keys)
-        metrics = {"loss": jnp.mean(loss), "bytes_sent": jnp.asarray(traffic["bytes_sent"], jnp.float32)}
-        return WorkerState(p, s, state.round + 1), _replicated(metrics, mesh)
+        sent = _replicated(jnp.asarray(traffic["bytes_sent"], jnp.float32), mesh)  # a constant: no collective
+        return WorkerState(p, s, state.round + 1), {"loss": loss, "bytes_sent": sent}
 
     return FederatedAlgorithm(init, round_fn, traffic)
 
