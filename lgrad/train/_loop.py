@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from lgrad.distributed.multiprocess import to_host  # one gather per chunk of what spans processes
 from lgrad.train.checkpoint import active_session
 
 __all__ = ["TrainState", "FitResult", "scan_steps", "run_loop", "fit", "batch_sampler"]
@@ -157,7 +158,7 @@ class _Records:
         self.eval_steps = list(state.eval_steps)
 
     def add_eval(self, ev: Any, step: int) -> None:
-        self.evals.append(jax.tree.map(lambda x: np.asarray(x)[None], ev))
+        self.evals.append(jax.tree.map(lambda x: x[None], to_host(ev)))
         self.eval_steps.append(step)
 
     def compact(self) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -246,16 +247,16 @@ def run_loop(
         # wait in block_until_ready (interruptible), not inside np.asarray, which holds
         # the interpreter lock until the chunk is done and so delays Ctrl-C
         carry, history, ev = jax.block_until_ready(run(carry, nb * period))
-        rec.history.append(jax.tree.map(np.asarray, history))
+        rec.history.append(to_host(history))
         if sched.eval_in_blocks:
-            rec.evals.append(jax.tree.map(np.asarray, ev))
+            rec.evals.append(to_host(ev))
             rec.eval_steps.extend(start_step + done + period * (i + 1) for i in range(nb))
         done += nb * period
         after(nb * period)
     if rest and done < steps:
         carry, history, ev = jax.block_until_ready(_tail(compiled, step_fn, eval_fn, carry, rest))
-        rec.history.append(jax.tree.map(np.asarray, history))
-        rec.evals.append(jax.tree.map(np.asarray, ev))
+        rec.history.append(to_host(history))
+        rec.evals.append(to_host(ev))
         done += rest
         rec.eval_steps.append(start_step + done)
         after(rest)
