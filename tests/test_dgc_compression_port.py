@@ -43,19 +43,34 @@ def _expected_dgc_bytes(cfg, density):
 
 
 def test_dgc_algorithm_is_the_library_transform_and_counts_its_bytes():
-    data, _, _ = exp._data(CFG)
-    alg = exp._dgc_algorithm(CFG, 0.25)
-    state = alg.init(jax.random.PRNGKey(0), exp._params0(CFG))
-    assert isinstance(state.opt_state[0], DGCState)
-    step = jax.jit(exp._round_step(alg, data, exp._data_key(CFG), 0.25))
-    state, met = step(state)
-    assert alg.traffic["bytes_sent"] == _expected_dgc_bytes(CFG, 0.25) == int(met["bytes"])
-    assert float(met["bookkeeping"]) <= exp.CRITERIA["bookkeeping_max"]
-    assert met["sent"].shape == (CFG["n_workers"], 4)
+    cfgs = exp._seed_cfgs(dict(CFG, n_seeds=2))
+    inputs, _ = exp._inputs(cfgs)
+    alg = exp._dgc_algorithm(cfgs[0], 0.25)
+    state = exp._init(lambda c: exp._dgc_algorithm(c, 0.25), cfgs)
+    assert isinstance(exp._dgc_state(state.opt_state), DGCState)
+    # each seed carries its own injected sampling seed (seed + 7) for every worker
+    seeds = [[c["seed"] + 7] * CFG["n_workers"] for c in cfgs]
+    np.testing.assert_array_equal(state.opt_state.hyperparams["seed"], seeds)
+    step = jax.jit(exp._round_step(alg, 0.25))
+    carry, met = step(inputs._replace(state=state))
+    assert carry.state.round.tolist() == [1, 1]
+    assert alg.traffic["bytes_sent"] == _expected_dgc_bytes(CFG, 0.25) == int(met["bytes"][0]) == int(met["bytes"][1])
+    assert float(np.max(met["bookkeeping"])) <= exp.CRITERIA["bookkeeping_max"]
+    assert met["sent"].shape == (2, CFG["n_workers"], 4)
     dense = exp._dense_algorithm(CFG)
-    dstate = dense.init(jax.random.PRNGKey(0), exp._params0(CFG))
-    _, dmet = jax.jit(exp._round_step(dense, data, exp._data_key(CFG)))(dstate)
-    assert int(dmet["bytes"]) == dense.traffic["bytes_sent"] == 4 * sum(x.size for x in jax.tree.leaves(exp._params0(CFG)))
+    dstate = exp._init(exp._dense_algorithm, cfgs)
+    _, dmet = jax.jit(exp._round_step(dense))(inputs._replace(state=dstate))
+    n_params = sum(x.size for x in jax.tree.leaves(exp._params0(CFG)))
+    assert int(dmet["bytes"][0]) == dense.traffic["bytes_sent"] == 4 * n_params
+
+
+def test_batched_seeds_equal_separate_runs():
+    """The seed axis is only a batch: seed 1 trained in a batch of two equals seed 1 alone."""
+    both = exp.backend_probe(dict(CFG, n_seeds=2), "vmap", rounds=2, seed_index=1)
+    alone = exp.backend_probe(dict(CFG, seed=CFG["seed"] + 1, n_seeds=1), "vmap", rounds=2)
+    assert both.keys() == alone.keys()
+    for k in both:
+        np.testing.assert_allclose(both[k], alone[k], atol=1e-5, err_msg=k)
 
 
 def test_backend_probe_vmap_equals_mesh_on_one_device():
