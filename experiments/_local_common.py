@@ -32,7 +32,6 @@ from lgrad.engine import Claim, RunContext
 from lgrad.engine.config import Choice, Float, Int
 from lgrad.local import LocalLearner
 from lgrad.local import models as M
-from lgrad.train import run_loop
 
 # The shared setting (every experiment's quick / full config starts from these).
 COMMON = dict(seed=0, seeds=3, batch_size=64, learning_rate=1e-3, mlp_width=256, mlp_hidden=2, act="relu",
@@ -119,15 +118,14 @@ def learner(kind, side, C, cfg, rule, seed, act) -> LocalLearner:
                         rule_options=options(rule, cfg))
 
 
-def train_seeds(kind, act, rule, cfg, data, epochs, progress=None) -> tuple[np.ndarray, LocalLearner]:
-    """All seeds of one (model, rule) in one vmapped program: each seed its own initialisation,
-    projections / auxiliary nets and epoch-wise batch order. Returns test accuracy (epochs + 1, seeds)."""
+def _setup(kind, act, rule, cfg, data):
+    """Learner, per-seed carries (train state, data key), the one-seed step and test accuracy."""
     tr, te, side, C = data
     seeds = [cfg["seed"] + i for i in range(cfg["seeds"])]
     learners = [learner(kind, side, C, cfg, rule, s, act) for s in seeds]
     L, shape, tx = learners[0], learners[0].spec.input_shape, optax.adam(cfg["learning_rate"])
     states = [lr.init_train_state(tx, jax.random.PRNGKey(s)) for lr, s in zip(learners, seeds)]
-    carry = (jax.tree.map(lambda *a: jnp.stack(a), *states), jnp.stack([jax.random.PRNGKey(s) for s in seeds]))
+    carries = [(st, jax.random.PRNGKey(s)) for st, s in zip(states, seeds)]
     xtr, ytr = jnp.asarray(tr.x.reshape((-1,) + shape)), jnp.asarray(tr.y)
     xte, yte = jnp.asarray(te.x.reshape((-1,) + shape)), jnp.asarray(te.y)
     n, bs = xtr.shape[0], cfg["batch_size"]
@@ -141,23 +139,44 @@ def train_seeds(kind, act, rule, cfg, data, epochs, progress=None) -> tuple[np.n
 
         return L.train_step(tx, batch_fn)(state)
 
-    def step(c):
-        new, metrics = jax.vmap(one)(*c)
-        return (new, c[1]), metrics
+    def acc(params):
+        return 100.0 * jnp.mean(jnp.argmax(L.forward(params, xte), -1) == yte)
 
-    def eval_fn(c):
-        acc = jax.vmap(lambda p: 100.0 * jnp.mean(jnp.argmax(L.forward(p, xte), -1) == yte))(c[0].params)
-        return {"test_acc": acc}
+    return L, carries, spe, one, acc
 
-    res = run_loop(step, carry, steps=spe * epochs, eval_fn=eval_fn, eval_every=spe, chunk_size=spe * epochs,
-                   progress=progress)
-    return np.asarray(res.evals["test_acc"]), learners[0]
+
+def train_seeds(kind, act, rule, cfg, data, epochs, progress=None) -> tuple[np.ndarray, LocalLearner]:
+    """All seeds of one (model, rule), each seed its own initialisation, projections / auxiliary nets
+    and epoch-wise batch order, one seed after the other through one compiled step (compiled once per
+    (model, rule), driven from Python: on XLA:CPU this is the cheapest layout, see
+    ``docs/papers/local-tpsgd-drtp.md#cost``). Returns test accuracy (epochs + 1, seeds)."""
+    L, carries, spe, one, acc = _setup(kind, act, rule, cfg, data)
+    step = jax.jit(lambda c: (one(*c)[0], c[1]))
+    evaluate = jax.jit(lambda c: acc(c[0].params))
+    bar = progress(total=spe * epochs * cfg["seeds"], desc="steps") if progress is not None else None
+    curves = [_stepwise(step, evaluate, c, spe, epochs, bar) for c in carries]
+    if bar is not None:
+        bar.close()
+    return np.stack(curves, axis=1), L
+
+
+def _stepwise(step, evaluate, carry, spe, epochs, bar=None) -> np.ndarray:
+    """``epochs`` epochs of ``spe`` calls of the compiled ``step``; ``evaluate`` (test accuracy)
+    at the start and after every epoch."""
+    curve = [np.asarray(evaluate(carry))]
+    for _ in range(epochs):
+        for _ in range(spe):
+            carry = step(carry)
+        curve.append(np.asarray(evaluate(carry)))
+        if bar is not None:
+            bar.update(spe)
+    return np.stack(curve)
 
 
 def isolation(lrn: LocalLearner, x, y) -> tuple[float, float]:
     """max |dJ_k/dtheta_j| over j != k (must be exactly 0), and max |grads - grad(sum J)|."""
     params, state = lrn.init_params(), lrn.init_state()
-    jac = jax.jacrev(lambda p: lrn.local_losses(p, state, x, y))(params)
+    jac = jax.jit(jax.jacrev(lambda p: lrn.local_losses(p, state, x, y)))(params)  # structural zeros: exact either way
     K = len(lrn.blocks)
     cross = 0.0
     for j in range(K):
