@@ -186,7 +186,7 @@ def worker_algorithm(
       backend: ``"vmap"``, ``"mesh"`` or ``"pmap"`` (an alias of mesh).
 
     Metrics per round: ``loss``, shape ``(n_workers,)``: each worker's pre-step
-    minibatch loss :math:`\ell(\theta_i; b_i)`, left unreduced and, on a mesh, split
+    minibatch loss :math:`\\ell(\\theta_i; b_i)`, left unreduced and, on a mesh, split
     over the devices like the workers, so that a round adds no collective of its own
     (a mean over the workers here would be one more rendezvous per round across
     processes); take the mean over workers on the host, e.g. once per chunk of
