@@ -267,8 +267,14 @@ def _compact_over(mag: jax.Array, thr: jax.Array, cap: int, counts: jax.Array | 
     their prefix sum (n / _BLOCK long) locates, for each output slot, its block
     (``searchsorted``) and its rank inside the block, resolved on a ``(cap, _BLOCK)``
     gather. No n-long prefix sum and no n-update scatter (the costs of
-    ``jnp.nonzero(size=...)`` on XLA:CPU); same indices in the same order."""
+    ``jnp.nonzero(size=...)`` on XLA:CPU); same indices in the same order.
+
+    At high density (``cap * _BLOCK > 4 n``, e.g. the warm-up densities 25% or 6.25%)
+    the ``(cap, _BLOCK)`` gather would read the tensor many times over, so the
+    compaction is ``jnp.nonzero(size=cap)`` there: the same indices, in one n-long pass."""
     n = mag.shape[0]
+    if cap * _BLOCK > 4 * n:
+        return jnp.nonzero(mag >= thr, size=cap, fill_value=n)[0].astype(jnp.int32)
     counts = _block_counts(mag, thr) if counts is None else counts
     cum = jnp.cumsum(counts, dtype=jnp.int32)  # inclusive
     slot = jnp.arange(cap, dtype=jnp.int32)
