@@ -7,11 +7,11 @@ exactly 0); AugLocal within 3 points of backprop on the shallow ReLU MLP and CNN
 over 3 seeds, paired by seed, on the same model); the compiled memory of its gradient
 step reported as a ratio to backprop's (the paper: about 40% less memory).
 
-80 epochs on the 8x8 digits, 3 seeds, the seeds of a (model, rule) one after
-the other through one compiled step
-(``experiments/_local_common.py``). Split out of the former ``local-learning`` experiment
-with the same jobs, seeds and settings, so the same numbers: mean gap MLP 0.19, CNN
-0.00 points; isolation exact; peak memory 1.06 / 1.13 (MLP / CNN) of backprop's.
+80 epochs on the 8x8 digits, 3 seeds, the seeds of a (model, rule) one after the other
+through one compiled step (``experiments/_local_common.py``). Split out of the former
+``local-learning`` experiment with the same jobs, seeds and settings, so the same
+numbers: mean gap MLP 0.19, CNN 0.00 points; isolation exact; peak memory 1.06 / 1.13
+(MLP / CNN) of backprop's.
 """
 from __future__ import annotations
 

@@ -7,11 +7,11 @@ exactly 0); Feature reconstruction within 3 points of backprop on the shallow Re
 over 3 seeds, paired by seed, on the same model); the compiled memory of its gradient
 step reported as a ratio to backprop's (the paper: 36% / 45% less GPU memory with 2 / 4 modules on Swin transformers).
 
-80 epochs on the 8x8 digits, 3 seeds, the seeds of a (model, rule) one after
-the other through one compiled step
-(``experiments/_local_common.py``). Split out of the former ``local-learning`` experiment
-with the same jobs, seeds and settings, so the same numbers: mean gap MLP 0.37, CNN
-1.67 points; isolation exact; peak memory 1.45 / 0.92 (MLP / CNN) of backprop's.
+80 epochs on the 8x8 digits, 3 seeds, the seeds of a (model, rule) one after the other
+through one compiled step (``experiments/_local_common.py``). Split out of the former
+``local-learning`` experiment with the same jobs, seeds and settings, so the same
+numbers: mean gap MLP 0.37, CNN 1.67 points; isolation exact; peak memory 1.45 / 0.92
+(MLP / CNN) of backprop's.
 """
 from __future__ import annotations
 

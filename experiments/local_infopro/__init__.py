@@ -7,11 +7,11 @@ exactly 0); InfoPro within 3 points of backprop on the shallow ReLU MLP and CNN 
 over 3 seeds, paired by seed, on the same model); the compiled memory of its gradient
 step reported as a ratio to backprop's (the paper: 40-60% less memory on deep nets).
 
-80 epochs on the 8x8 digits, 3 seeds, the seeds of a (model, rule) one after
-the other through one compiled step
-(``experiments/_local_common.py``). Split out of the former ``local-learning`` experiment
-with the same jobs, seeds and settings, so the same numbers: mean gap MLP 0.09, CNN
-1.02 points; isolation exact; peak memory 2.24 / 0.92 (MLP / CNN) of backprop's.
+80 epochs on the 8x8 digits, 3 seeds, the seeds of a (model, rule) one after the other
+through one compiled step (``experiments/_local_common.py``). Split out of the former
+``local-learning`` experiment with the same jobs, seeds and settings, so the same
+numbers: mean gap MLP 0.09, CNN 1.02 points; isolation exact; peak memory 2.24 / 0.92
+(MLP / CNN) of backprop's.
 """
 from __future__ import annotations
 

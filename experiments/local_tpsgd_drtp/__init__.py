@@ -10,8 +10,9 @@ peak memory below backprop's and its temporary memory constant in depth.
 
 Each rule in its paper's setting: DRTP on **tanh** units (compared with backprop on the
 same tanh model), tpSGD with the **cross-entropy of the fixed projected head** (on the
-RNN the same target at every time step); 80 epochs on the 8x8 digits, 3 seeds, the seeds of a (model, rule) one after
-the other through one compiled step (``experiments/_local_common.py``).
+RNN the same target at every time step); 80 epochs on the 8x8 digits, 3 seeds, the
+seeds of a (model, rule) one after the other through one compiled step
+(``experiments/_local_common.py``).
 Split out of the former ``local-learning`` experiment with the same jobs, seeds and
 settings, so the same numbers: tpSGD MLP 0.00, CNN 6.50 (fail), RNN 4.18; DRTP tanh MLP
 1.02, CNN 15.04 (fail); isolation exact; interleaved step vs sum form 1.19e-6 > 1e-6
