@@ -32,6 +32,7 @@ from lgrad.engine import Claim, RunContext
 from lgrad.engine.config import Choice, Float, Int
 from lgrad.local import LocalLearner
 from lgrad.local import models as M
+from lgrad.train import run_loop
 
 # The shared setting (every experiment's quick / full config starts from these).
 COMMON = dict(seed=0, seeds=3, batch_size=64, learning_rate=1e-3, mlp_width=256, mlp_hidden=2, act="relu",
@@ -147,30 +148,23 @@ def _setup(kind, act, rule, cfg, data):
 
 def train_seeds(kind, act, rule, cfg, data, epochs, progress=None) -> tuple[np.ndarray, LocalLearner]:
     """All seeds of one (model, rule), each seed its own initialisation, projections / auxiliary nets
-    and epoch-wise batch order, one seed after the other through one compiled step (compiled once per
-    (model, rule), driven from Python: on XLA:CPU this is the cheapest layout, see
-    ``docs/papers/local-tpsgd-drtp.md#cost``). Returns test accuracy (epochs + 1, seeds)."""
+    and epoch-wise batch order, one seed after the other through ``lgrad.train.run_loop`` with
+    ``host_steps=True`` (one compiled step per (model, rule) called from Python: on XLA:CPU the
+    cheapest layout, see ``docs/papers/local-tpsgd-drtp.md#cost``; checkpointable like every
+    run_loop). Returns test accuracy (epochs + 1, seeds): at the start and after every epoch."""
     L, carries, spe, one, acc = _setup(kind, act, rule, cfg, data)
-    step = jax.jit(lambda c: (one(*c)[0], c[1]))
-    evaluate = jax.jit(lambda c: acc(c[0].params))
-    bar = progress(total=spe * epochs * cfg["seeds"], desc="steps") if progress is not None else None
-    curves = [_stepwise(step, evaluate, c, spe, epochs, bar) for c in carries]
-    if bar is not None:
-        bar.close()
+
+    def step(c):
+        return (one(*c)[0], c[1]), {}
+
+    def evaluate(c):
+        return {"acc": acc(c[0].params)}
+
+    curves = [
+        run_loop(step, c, steps=spe * epochs, eval_fn=evaluate, eval_every=spe, progress=progress, host_steps=True).evals["acc"]
+        for c in carries
+    ]
     return np.stack(curves, axis=1), L
-
-
-def _stepwise(step, evaluate, carry, spe, epochs, bar=None) -> np.ndarray:
-    """``epochs`` epochs of ``spe`` calls of the compiled ``step``; ``evaluate`` (test accuracy)
-    at the start and after every epoch."""
-    curve = [np.asarray(evaluate(carry))]
-    for _ in range(epochs):
-        for _ in range(spe):
-            carry = step(carry)
-        curve.append(np.asarray(evaluate(carry)))
-        if bar is not None:
-            bar.update(spe)
-    return np.stack(curve)
 
 
 def isolation(lrn: LocalLearner, x, y) -> tuple[float, float]:

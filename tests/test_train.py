@@ -57,6 +57,24 @@ def test_run_loop_equals_scan_steps_bitwise():
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("eval_every, chunk_size", [(5, 10), (0, None), (7, 14)])
+def test_run_loop_host_steps_matches_the_scan(eval_every, chunk_size):
+    """host_steps=True (one compiled step called from Python) gives the same steps,
+    history, evals and eval steps as the scanned chunks, tail included (23 steps)."""
+    x = jax.random.normal(jax.random.PRNGKey(1), (64, 3))
+    data = (x, x @ jnp.array([1.0, -2.0, 0.5]))
+    tx = optax.with_extra_args_support(optax.sgd(0.05))
+    step = gradient_step(lambda p, b: jnp.mean((b[0] @ p - b[1]) ** 2), tx, batch_fn=batch_sampler(data, 8))
+    carry = TrainState(jnp.zeros(3), tx.init(jnp.zeros(3)), jax.random.PRNGKey(3), jnp.zeros([], jnp.int32))
+    evaluate = lambda s: {"n": jnp.sum(s.params ** 2)}  # noqa: E731
+    kw = dict(steps=23, eval_fn=evaluate, eval_every=eval_every, chunk_size=chunk_size, checkpoint=False)
+    scanned, hosted = run_loop(step, carry, **kw), run_loop(step, carry, host_steps=True, **kw)
+    np.testing.assert_array_equal(hosted.eval_steps, scanned.eval_steps)
+    np.testing.assert_allclose(hosted.history["loss"], scanned.history["loss"], rtol=1e-6)
+    np.testing.assert_allclose(hosted.evals["n"], scanned.evals["n"], rtol=1e-6)
+    np.testing.assert_allclose(hosted.params, scanned.params, rtol=1e-6)
+
+
 def test_scan_steps_rejects_traced_or_negative_counts():
     with pytest.raises(ValueError, match="num_steps must be an int >= 0"):
         scan_steps(_step, jnp.ones(2), -1)

@@ -108,6 +108,22 @@ def scan_steps(
     return carry, history, evals
 
 
+def _python_steps(step: Callable, evaluate: EvalFn | None, carry: Any, num_steps: int, period: int):
+    """:func:`scan_steps`'s ``(carry, history, evals)`` from ``num_steps`` calls of the
+    compiled ``step`` driven by Python (``evaluate`` after every ``period`` steps)."""
+    history, evals = [], []
+    for t in range(num_steps):
+        carry, metrics = step(carry)
+        history.append(metrics)
+        if evaluate is not None and (t + 1) % period == 0:
+            evals.append(evaluate(carry))
+
+    def stack(rows: list[Any]) -> Any:
+        return jax.tree.map(lambda *xs: jnp.stack(xs), *rows) if rows else {}
+
+    return carry, stack(history), stack(evals)
+
+
 def _stack(chunks: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     if not chunks:
         return {}
@@ -180,6 +196,7 @@ def run_loop(
     on_chunk: Callable[[Any, int], None] | None = None,
     start_step: int = 0,
     checkpoint: Any = None,
+    host_steps: bool = False,
 ) -> FitResult:
     """Run ``steps`` steps of ``step_fn``: jitted :func:`scan_steps` chunks driven from the host.
 
@@ -203,6 +220,11 @@ def run_loop(
         checkpoint (carry, history, evals), saves every ``checkpoint.every`` steps
         (chunks shrink to fit) and at the end, and finishes with the same numbers
         as an uninterrupted run.
+      host_steps: call one compiled step (and one compiled eval) from Python instead
+        of compiling a ``lax.scan`` per chunk: same steps, evals, history and
+        checkpoints. XLA:CPU runs convolutions several times slower inside the
+        scan's while loop (docs/papers/local-tpsgd-drtp.md, "Cost"), so CNN
+        training on a CPU is cheaper this way; elsewhere the scan is the default.
     """
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
@@ -214,7 +236,12 @@ def run_loop(
     block_eval = eval_fn if sched.eval_in_blocks else None
     compiled: dict[int, Callable] = {}
 
+    if host_steps:  # compiled once, called from Python
+        step_c, eval_c = jax.jit(step_fn), jax.jit(eval_fn or (lambda c: {}))
+
     def run(c: Any, n: int):
+        if host_steps:
+            return _python_steps(step_c, eval_c if block_eval is not None else None, c, n, period)
         if n not in compiled:
             compiled[n] = jax.jit(lambda cc: scan_steps(step_fn, cc, n, eval_every=period, eval_fn=block_eval))
         return compiled[n](c)
@@ -254,7 +281,8 @@ def run_loop(
         done += nb * period
         after(nb * period)
     if rest and done < steps:
-        carry, history, ev = jax.block_until_ready(_tail(compiled, step_fn, eval_fn, carry, rest))
+        tail = _python_steps(step_c, eval_c, carry, rest, rest) if host_steps else _tail(compiled, step_fn, eval_fn, carry, rest)
+        carry, history, ev = jax.block_until_ready(tail)
         rec.history.append(to_host(history))
         rec.evals.append(to_host(ev))
         done += rest
