@@ -41,3 +41,18 @@ def fixture_experiment(monkeypatch):
 
     monkeypatch.setattr(registry, "experiment_packages", lambda: ["fixture_experiment"])
     return FIXTURE_NAME
+
+
+# The tests named in tests/slow_tests.json (the slowest ones, measured on a 2-core CPU by
+# scripts/mark_slow_tests.py) are marked slow too, so `pytest -m "not slow"` is the quick
+# subset (under 3 minutes); plain `pytest` runs everything.
+import json  # noqa: E402
+
+_SLOW_FILE = Path(__file__).parent / "slow_tests.json"
+_SLOW = set(json.loads(_SLOW_FILE.read_text())["slow"]) if _SLOW_FILE.exists() else set()
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.nodeid in _SLOW:
+            item.add_marker(pytest.mark.slow)
