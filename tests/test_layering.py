@@ -159,8 +159,8 @@ def test_x64_runs_the_experiment_in_float64():
         return {"dtype": str(jnp.zeros(1).dtype)}
 
     exp = _load(_module(X64=True, measure=measure, claims=lambda m, c: [m["dtype"]]))
-    assert exp.x64 and exp.run({}, None) == ["float64"]
-    assert _load(_module(measure=measure, claims=lambda m, c: [m["dtype"]])).run({}, None) == ["float32"]
+    assert exp.x64 and exp.measure({}, None) == {"dtype": "float64"}
+    assert _load(_module(measure=measure, claims=lambda m, c: [m["dtype"]])).measure({}, None) == {"dtype": "float32"}
 
 
 def test_a_module_missing_the_contract_is_named():

@@ -42,13 +42,18 @@ def test_scan_steps_vmaps_like_a_loop():
             np.testing.assert_allclose(a, b, rtol=1e-6)
 
 
-def test_run_loop_equals_scan_steps_bitwise():
+def _least_squares(optimizer):
+    """(step, carry, evaluate) of minibatch least squares on 64 fixed rows."""
     x = jax.random.normal(jax.random.PRNGKey(1), (64, 3))
     data = (x, x @ jnp.array([1.0, -2.0, 0.5]))
-    tx = optax.with_extra_args_support(optax.adam(0.05))
+    tx = optax.with_extra_args_support(optimizer)
     step = gradient_step(lambda p, b: jnp.mean((b[0] @ p - b[1]) ** 2), tx, batch_fn=batch_sampler(data, 8))
     carry = TrainState(jnp.zeros(3), tx.init(jnp.zeros(3)), jax.random.PRNGKey(3), jnp.zeros([], jnp.int32))
-    evaluate = lambda s: {"n": jnp.sum(s.params ** 2)}  # noqa: E731
+    return step, carry, lambda s: {"n": jnp.sum(s.params ** 2)}
+
+
+def test_run_loop_equals_scan_steps_bitwise():
+    step, carry, evaluate = _least_squares(optax.adam(0.05))
     res = run_loop(step, carry, steps=40, eval_fn=evaluate, eval_every=5, chunk_size=10, checkpoint=False)
     final, hist, evals = jax.jit(lambda c: scan_steps(step, c, 40, eval_every=5, eval_fn=evaluate))(carry)
     np.testing.assert_array_equal(res.history["loss"], hist["loss"])
@@ -61,12 +66,7 @@ def test_run_loop_equals_scan_steps_bitwise():
 def test_run_loop_host_steps_matches_the_scan(eval_every, chunk_size):
     """host_steps=True (one compiled step called from Python) gives the same steps,
     history, evals and eval steps as the scanned chunks, tail included (23 steps)."""
-    x = jax.random.normal(jax.random.PRNGKey(1), (64, 3))
-    data = (x, x @ jnp.array([1.0, -2.0, 0.5]))
-    tx = optax.with_extra_args_support(optax.sgd(0.05))
-    step = gradient_step(lambda p, b: jnp.mean((b[0] @ p - b[1]) ** 2), tx, batch_fn=batch_sampler(data, 8))
-    carry = TrainState(jnp.zeros(3), tx.init(jnp.zeros(3)), jax.random.PRNGKey(3), jnp.zeros([], jnp.int32))
-    evaluate = lambda s: {"n": jnp.sum(s.params ** 2)}  # noqa: E731
+    step, carry, evaluate = _least_squares(optax.sgd(0.05))
     kw = dict(steps=23, eval_fn=evaluate, eval_every=eval_every, chunk_size=chunk_size, checkpoint=False)
     scanned, hosted = run_loop(step, carry, **kw), run_loop(step, carry, host_steps=True, **kw)
     np.testing.assert_array_equal(hosted.eval_steps, scanned.eval_steps)

@@ -79,12 +79,6 @@ class Experiment:
     x64: bool = False  # run (and sweep cells) under jax.enable_x64
     sweepable: tuple[str, ...] = ()  # the batched-sweep keys (empty: no train_cell)
 
-    def run(self, config: dict[str, Any], ctx: Any) -> list[Any]:
-        """``claims(measure(config, ctx), config)``, the measurements passed through JSON."""
-        from lgrad.engine.claims import json_roundtrip
-
-        return list(self.claims(json_roundtrip(self.measure(config, ctx)), config))
-
     def config(self, mode: str) -> dict[str, Any]:
         if mode not in self.configs:
             raise ValueError(f"{self.name}: mode must be one of {sorted(self.configs)}, got {mode!r}")
