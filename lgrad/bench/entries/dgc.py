@@ -142,7 +142,51 @@ def run(quick: bool) -> list[Entry]:
     )
     entries += _selection_breakdown(v, k, reps)
     entries += _step_breakdown(params, x, y, tx, dense_step, args_dense, reps)
+    floor_tx = _minimal_dgc(0.05, density=0.001, min_compress_size=1000)
+    t_floor, t_dense3, spread3 = time_pair_spread(stepper(floor_tx, False), (add(params), add(floor_tx.init(params)), x, y),
+                                                dense_step, args_dense, repeats=reps)
+    entries.append(Entry(
+        "dgc-breakdown/step-floor/momentum-sgd",
+        "measured limit for dgc-step: a hand-fused minimal DGC step (gradient, momentum correction and accumulation, "
+        "per leaf the sample estimate + one counting pass + compaction + masked u and v, scatter of the message into "
+        f"the update; no refinement, no validation) ÷ dense momentum SGD, same program wrapper; {model}; {SHARED}",
+        t_floor, t_dense3, "s", extra={"n_params": n_params, **spread3}))
     return entries
+
+
+def _minimal_dgc(learning_rate: float, *, density: float, min_compress_size: int, momentum: float = 0.9):
+    """The least work a DGC step does on one worker (the floor for ``dgc-step``): no
+    over-full refinement, no bookkeeping; the same messages as ``dgc`` when the 1%
+    sample's estimate sends at most 1.3 k entries."""
+    key = jax.random.PRNGKey(0)
+
+    def leaf(u, v):
+        n = v.size
+        if n < min_compress_size:
+            return -learning_rate * v, jnp.zeros_like(u), jnp.zeros_like(v)
+        flat_v, flat_u = v.reshape(-1), u.reshape(-1)
+        k = max(1, int(round(density * n)))
+        s = max(n // 100, min(n, 1000))
+        mag = jnp.abs(flat_v)
+        thr = _kth_largest(mag[jax.random.randint(key, (s,), 0, n)], max(1, -(-s * k // n)))
+        idx = _compact_over(mag, thr, max(k, int(1.3 * k)), _block_counts(mag, thr))
+        sent = mag >= thr
+        update = jnp.zeros_like(flat_v).at[idx].set(jnp.take(flat_v, idx, mode="fill", fill_value=0), mode="drop")
+        return ((-learning_rate * update).reshape(v.shape), jnp.where(sent, 0.0, flat_u).reshape(u.shape),
+                jnp.where(sent, 0.0, flat_v).reshape(v.shape))
+
+    def update_fn(g, state, params=None):
+        del params
+        u, v = accumulate(g, *state, momentum)
+        out = jax.tree.map(leaf, u, v)
+        pick = lambda i: jax.tree.map(lambda t: t[i], out, is_leaf=lambda t: isinstance(t, tuple))  # noqa: E731
+        return pick(0), (pick(1), pick(2))
+
+    def init_fn(params):
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        return zeros, zeros
+
+    return optax.GradientTransformation(init_fn, update_fn)
 
 
 def _selection_breakdown(v, k, reps):
