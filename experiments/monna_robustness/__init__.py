@@ -60,6 +60,7 @@ a ``backend`` key was added. No criterion value changed.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, NamedTuple
 
@@ -206,43 +207,87 @@ def _algorithm(cfg, method: str, attack: str, n: int, byz: tuple[int, ...], back
     return federated.worker_algorithm(tx, _loss, n_workers=n, batch_size=cfg["batch_size"], backend=backend)
 
 
-def _simulate(cfg, alg, data: federated.ClientData, split: Split, steps: int, backend: str):
-    """``steps`` rounds from zero parameters; evaluations of the honest nodes' models."""
-    n, h = data.num_clients, cfg["n"] - cfg["f"]
-    x, _ = split.honest
-    params = {"w": jnp.zeros((x.shape[1], 10)), "b": jnp.zeros(10)}
-    key = jax.random.PRNGKey(cfg["seed"])
-    placed = federated.shard_workers(data, n_workers=n, backend=backend)
+def _padded(rows: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-seed evaluation rows ``(x, y)`` stacked on a leading seed axis, zero-padded to the
+    longest, with row weights ``w`` (1 on the real rows, 0 on the padding)."""
+    m = max(len(y) for _, y in rows)
+    pad = lambda a: np.pad(np.asarray(a), [(0, m - len(a))] + [(0, 0)] * (np.ndim(a) - 1))  # noqa: E731
+    return (np.stack([pad(x) for x, _ in rows]), np.stack([pad(y) for _, y in rows]),
+            np.stack([pad(np.ones(len(y), np.float32)) for _, y in rows]))
+
+
+def _stack_clients(datas: list[federated.ClientData]) -> federated.ClientData:
+    """Per-seed client shards stacked on a leading seed axis, rows zero-padded to the longest
+    shard: a minibatch only draws from a client's first ``count`` rows, so the padding is
+    never read and every seed trains as on its own data."""
+    m = max(d.arrays[0].shape[1] for d in datas)
+    pad = lambda a: np.pad(np.asarray(a), [(0, 0), (0, m - a.shape[1])] + [(0, 0)] * (a.ndim - 2))  # noqa: E731
+    arrays = tuple(np.stack([pad(d.arrays[i]) for d in datas]) for i in range(len(datas[0].arrays)))
+    return federated.ClientData(arrays, np.stack([np.asarray(d.count) for d in datas]))
+
+
+def _weighted_mean(v, w):
+    return jnp.sum(w * v) / jnp.sum(w)
+
+
+def _simulate(cfg, alg, datas: list[federated.ClientData], splits: list[Split], steps: int, backend: str):
+    """``steps`` rounds from zero parameters for every seed (``splits[i]`` is seed
+    ``cfg["seed"] + i``); evaluations of the honest nodes' models. Returns one ``FitResult``
+    per seed. Under ``backend="vmap"`` the seeds run as one ``jax.vmap``-ed program (one
+    compilation for all seeds; the padding of ``_stack_clients`` is never read); on a mesh
+    they run one after the other."""
+    h = cfg["n"] - cfg["f"]
+    params = {"w": jnp.zeros((splits[0].honest[0].shape[1], 10)), "b": jnp.zeros(10)}
 
     def step_fn(c):
-        state, k, d = c
+        state, k, d, ev = c
         k, sub = jax.random.split(k)
         state, metrics = alg.round(state, d, sub)
-        return (state, k, d), {"loss": metrics["loss"]}
+        return (state, k, d, ev), {"loss": metrics["loss"]}
 
     def eval_fn(c):
         ph = jax.tree.map(lambda a: a[:h], c[0].params)
-        loss = jax.vmap(lambda p: _loss(p, split.honest))(ph)
-        xt, yt = split.test
-        acc = jax.vmap(lambda p: jnp.mean(jnp.argmax(xt @ p["w"] + p["b"], -1) == yt))(ph)
+        (hx, hy, hw), (xt, yt, wt) = c[3]
+        loss = jax.vmap(lambda p: _weighted_mean(optax.softmax_cross_entropy_with_integer_labels(hx @ p["w"] + p["b"], hy), hw))(ph)
+        acc = jax.vmap(lambda p: _weighted_mean(jnp.argmax(xt @ p["w"] + p["b"], -1) == yt, wt))(ph)
         return {"honest_loss": jnp.mean(loss), "test_acc": jnp.mean(acc), "worst_loss": jnp.max(loss)}
 
-    return run_loop(step_fn, (alg.init(key, params), key, placed), steps=steps, eval_fn=eval_fn,
-                    eval_every=cfg["eval_every"])
+    keys = [jax.random.PRNGKey(cfg["seed"] + i) for i in range(len(splits))]
+    evals = (_padded([sp.honest for sp in splits]), _padded([sp.test for sp in splits]))
+    if backend != "vmap":
+        out = []
+        for i, (key, data) in enumerate(zip(keys, datas)):
+            placed = federated.shard_workers(data, n_workers=data.num_clients, backend=backend)
+            ev = jax.tree.map(lambda a: a[i], evals)
+            out.append(run_loop(step_fn, (alg.init(key, params), key, placed, ev), steps=steps, eval_fn=eval_fn,
+                                eval_every=cfg["eval_every"]))
+        return out
+    keys = jnp.stack(keys)
+    carry = (jax.vmap(alg.init, in_axes=(0, None))(keys, params), keys, _stack_clients(datas), evals)
+    res = run_loop(jax.vmap(step_fn), carry, steps=steps, eval_fn=jax.vmap(eval_fn), eval_every=cfg["eval_every"])
+    return [_seed_result(res, i) for i in range(len(splits))]
 
 
-def _runs(cfg, alpha: float, backend: str, steps: int):
-    """Yield ``(label, FitResult)``: the honest-only reference, then every (attack, method)."""
+def _seed_result(res, i: int):
+    """Seed ``i`` of a ``FitResult`` of the seed-vmapped loop (history and evals: axis 1)."""
+    return dataclasses.replace(res, state=jax.tree.map(lambda a: a[i], res.state),
+                               history={k: v[:, i] for k, v in res.history.items()},
+                               evals={k: v[:, i] for k, v in res.evals.items()})
+
+
+def _runs(cfg, alpha: float, backend: str, steps: int, n_seeds: int = 1):
+    """Yield ``(label, [FitResult per seed])`` for the seeds ``cfg["seed"] + i``, ``i < n_seeds``:
+    the honest-only reference, then every (attack, method)."""
     n, f = cfg["n"], cfg["f"]
-    split = _data(cfg, alpha)
+    splits = [_data(dict(cfg, seed=cfg["seed"] + i), alpha) for i in range(n_seeds)]
     ref_backend = _reference_backend(backend, n - f)
     ref = _algorithm(cfg, "D-SGD", "none", n - f, (), ref_backend)
-    yield "reference", _simulate(cfg, ref, _first(split.clean, n - f), split, steps, ref_backend)
+    yield "reference", _simulate(cfg, ref, [_first(sp.clean, n - f) for sp in splits], splits, steps, ref_backend)
     for atk in cfg["attacks"]:
-        data = split.flipped if atk == "label_flip" else split.clean
+        datas = [sp.flipped if atk == "label_flip" else sp.clean for sp in splits]
         byz = tuple(range(n - f, n)) if atk != "none" else ()
         for m in cfg["methods"]:
-            yield f"{atk}/{m}", _simulate(cfg, _algorithm(cfg, m, atk, n, byz, backend), data, split, steps, backend)
+            yield f"{atk}/{m}", _simulate(cfg, _algorithm(cfg, m, atk, n, byz, backend), datas, splits, steps, backend)
 
 
 def _reference_backend(backend: str, h: int) -> str:
@@ -262,7 +307,7 @@ def backend_probe(config: dict, backend: str, rounds: int = 3) -> dict[str, np.n
     cfg = dict(config)
     _check(cfg)
     out = {}
-    for label, res in _runs(cfg, cfg["alphas"][0], backend, rounds):
+    for label, (res,) in _runs(cfg, cfg["alphas"][0], backend, rounds):
         out.update({f"{label}/{k}": np.asarray(v) for k, v in res.history.items()})
         out.update({f"{label}/eval/{k}": np.asarray(v) for k, v in res.evals.items()})
         out.update({f"{label}/params/{k}": v for k, v in to_host(res.state[0].params).items()})
@@ -279,12 +324,11 @@ def measure(config: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
     err0 = max(float(jnp.max(jnp.abs(robust.nna(x, 0, i) - jnp.mean(x, 0)))) for i in range(n))
     seeds = [cfg["seed"] + k for k in range(cfg["n_seeds"])]
     results: dict[str, list[dict[str, dict[str, Any]]]] = {}  # tag -> per seed: attack -> method -> summary
-    total = len(seeds) * len(cfg["alphas"]) * (1 + len(cfg["attacks"]) * len(cfg["methods"]))
-    bar = ctx.progress(total=total, desc="runs")
-    for seed in seeds:
-        for alpha in cfg["alphas"]:
-            tag = f"alpha={alpha:g}"
-            results.setdefault(tag, []).append(_measure_one(dict(cfg, seed=seed), alpha, f"{tag}/seed{seed}", ctx, bar))
+    total = len(cfg["alphas"]) * (1 + len(cfg["attacks"]) * len(cfg["methods"]))
+    bar = ctx.progress(total=total, desc=f"runs ({len(seeds)} seeds each)")
+    for alpha in cfg["alphas"]:
+        tag = f"alpha={alpha:g}"
+        results[tag] = _measure_alpha(cfg, alpha, tag, seeds, ctx, bar)
     bar.close()
     ctx.log("summary", results=results, seeds=seeds, backend=cfg["backend"], devices=jax.device_count(),
             reference_backend=_reference_backend(cfg["backend"], n - cfg["f"]))
@@ -293,19 +337,20 @@ def measure(config: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
     return {"nna_f0_error": err0, "runs": finals}
 
 
-def _measure_one(cfg: dict[str, Any], alpha: float, series: str, ctx: RunContext, bar) -> dict[str, Any]:
-    """One seed and alpha: the reference's summary and every attack's per-method summaries."""
-    one: dict[str, Any] = {}
-    for label, res in _runs(cfg, alpha, cfg["backend"], cfg["steps"]):
+def _measure_alpha(cfg: dict[str, Any], alpha: float, tag: str, seeds: list[int], ctx: RunContext, bar) -> list[dict[str, Any]]:
+    """Every seed at one alpha: per seed, the reference's summary and every attack's per-method summaries."""
+    per_seed: list[dict[str, Any]] = [{} for _ in seeds]
+    for label, results in _runs(cfg, alpha, cfg["backend"], cfg["steps"], len(seeds)):
         atk, _, method = label.partition("/")
-        summary = _summ(res)
-        if method:
-            one.setdefault(atk, {})[method] = summary
-        else:
-            one[atk] = summary
-        _log_evals(ctx, f"{series}/{label}", res)
+        for seed, one, res in zip(seeds, per_seed, results):
+            summary = _summ(res)
+            if method:
+                one.setdefault(atk, {})[method] = summary
+            else:
+                one[atk] = summary
+            _log_evals(ctx, f"{tag}/seed{seed}/{label}", res)
         bar.update(1)
-    return one
+    return per_seed
 
 
 def _finals(one: dict[str, Any]) -> dict[str, Any]:
