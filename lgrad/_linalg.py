@@ -35,5 +35,9 @@ def solve(a: jax.Array, b: jax.Array) -> jax.Array:
 
 @jax.custom_batching.sequential_vmap
 def spd_solve(a: jax.Array, b: jax.Array) -> jax.Array:
-    """``a^{-1} b`` for a symmetric positive definite ``a`` (the ridge layer's solve)."""
-    return jax.scipy.linalg.solve(a, b, assume_a="pos")
+    """``a^{-1} b`` for a symmetric positive definite ``a`` (the ridge layer's solve),
+    ``b`` of shape (n, k): a Cholesky factor of ``a``'s lower triangle (``a`` is taken
+    as symmetric, not symmetrised) and two triangular solves."""
+    chol = jax.lax.linalg.cholesky(a, symmetrize_input=False)
+    y = jax.lax.linalg.triangular_solve(chol, b, left_side=True, lower=True)
+    return jax.lax.linalg.triangular_solve(chol, y, left_side=True, lower=True, transpose_a=True)

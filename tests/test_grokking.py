@@ -25,6 +25,21 @@ def test_ridge_matches_lstsq_reference():
     np.testing.assert_allclose(v, ref, rtol=1e-9, atol=1e-10)
 
 
+def test_ridge_dual_form_matches_lstsq_reference():
+    """Fewer rows than features (N < K): the (N, N) dual solve gives the primal solution."""
+    rng = np.random.default_rng(1)
+    f = rng.normal(size=(6, 11))
+    y = rng.normal(size=(6, 3))
+    w = np.array([1.0, 0.0, 0.3, 1.0, 2.0, 0.0])
+    eta = 1e-2
+    with jax.enable_x64(True):
+        v = np.asarray(ridge_solve(jnp.asarray(f), jnp.asarray(y), eta, weights=jnp.asarray(w)))
+        v_grad = np.asarray(ridge_solve(jnp.asarray(f), jnp.asarray(y), eta, weights=jnp.asarray(w), stop_gradient=False))
+    ref = np.linalg.solve(f.T @ (w[:, None] * f) + eta * np.eye(11), f.T @ (w[:, None] * y)).T
+    np.testing.assert_allclose(v, ref, rtol=1e-9, atol=1e-10)
+    np.testing.assert_allclose(v_grad, ref, rtol=1e-9, atol=1e-10)
+
+
 def test_ridge_has_no_gradient_and_validates():
     f = jnp.ones((4, 2))
     y = jnp.ones((4, 1))

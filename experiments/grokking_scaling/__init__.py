@@ -165,16 +165,14 @@ def make_cell(m: int, cfg: dict[str, Any], rows: int | None = None):
     tx = optax.chain(optax.add_decayed_weights(cfg["weight_decay"]), optax.adam(cfg["learning_rate"]))
     ridge = cfg["ridge"]
 
-    def features(w, idx):
-        return sigma(w[:, a[idx]].T + w[:, m + b[idx]].T)  # (rows, K)
-
-    def top_layer(w, cell):
-        return ridge_solve(features(w, cell["idx"]), targets[cell["idx"]], ridge, weights=cell["wt"])
+    def features(w, ia, ib):
+        wt = w.T  # gather contiguous rows of W^T: h_n = W[:, a_n] + W[:, M + b_n]
+        return sigma(wt[ia] + wt[m + ib])  # (rows, K)
 
     def loss(w, cell):
-        f = features(w, cell["idx"])
-        o = f @ top_layer(w, cell).T
-        r = o - o.mean(axis=1, keepdims=True) - targets[cell["idx"]]
+        f = features(w, cell["a"], cell["b"])
+        o = f @ ridge_solve(f, cell["t"], ridge, weights=cell["wt"]).T  # no gradient through the solve
+        r = o - o.mean(axis=1, keepdims=True) - cell["t"]
         return jnp.sum(cell["wt"] * jnp.sum(r * r, axis=1)) / jnp.sum(cell["wt"])
 
     def init(fraction, key):
@@ -182,7 +180,8 @@ def make_cell(m: int, cfg: dict[str, Any], rows: int | None = None):
         n_train = jnp.clip(jnp.round(fraction * n), 1, n - 1).astype(jnp.int32)
         perm = jax.random.permutation(k_split, n)
         mask = (jnp.argsort(perm) < n_train).astype(jnp.float32)
-        data = {"mask": mask, "idx": perm[:rows], "wt": (jnp.arange(rows) < n_train).astype(jnp.float32)}
+        idx = perm[:rows]  # the gathered pairs, their inputs and targets (fixed during training)
+        data = {"mask": mask, "a": a[idx], "b": b[idx], "t": targets[idx], "wt": (jnp.arange(rows) < n_train).astype(jnp.float32)}
         w = cfg["init_scale"] * jax.random.normal(k_init, (cfg["hidden"], 2 * m))
         return {"w": w, "opt": tx.init(w), **data}
 
@@ -193,7 +192,8 @@ def make_cell(m: int, cfg: dict[str, Any], rows: int | None = None):
 
     def evaluate(cell):
         mask = cell["mask"]
-        out = features(cell["w"], jnp.arange(n)) @ top_layer(cell["w"], cell).T
+        w = cell["w"]
+        out = features(w, a, b) @ ridge_solve(features(w, cell["a"], cell["b"]), cell["t"], ridge, weights=cell["wt"]).T
         correct = (jnp.argmax(out, axis=1) == y).astype(jnp.float32)
         return {
             "train_acc": jnp.sum(correct * mask) / jnp.sum(mask),
@@ -254,39 +254,54 @@ def train_cell(static: dict[str, Any], hp: dict[str, Any], key: jax.Array) -> di
     }
 
 
+def _group_loop(m: int, cfg: dict[str, Any], ctx: RunContext, groups: list[tuple[int, list[int]]]):
+    """One ``run_loop`` of modulus m over ``groups`` = [(multiple index, seeds)]: each
+    group gathers the rows of its own multiple (``train_rows``) and is vmapped over its
+    seeds; the groups are stepped side by side in one compiled program. Returns the
+    accuracy curves, (evals, groups, seeds), and the eval steps."""
+    static = {k: v for k, v in cfg.items() if k not in SWEEPABLE and k != "seed"}
+    progs, carry = [], []
+    for idx, seeds in groups:
+        mults = [float(cfg["multiples"][i]) for i in idx for _ in seeds]
+        init, step, evaluate = cell_program({**static, "modulus": m, "max_multiple": max(mults)})
+        hps = {k: jnp.full(len(mults), cfg[k]) for k in SWEEPABLE} | {"multiple": jnp.asarray(mults, jnp.float32)}
+        keys = jnp.stack([jax.random.PRNGKey(cfg["seed"] + 1000 * m + s) for _ in idx for s in seeds])
+        # Jitted, as inside a sweep cell: an eager init rounds init_scale * normal differently.
+        carry.append(jax.jit(jax.vmap(init))(hps, keys))
+        progs.append((jax.vmap(step), jax.vmap(evaluate)))
+
+    def step(c):
+        out = [p[0](g) for p, g in zip(progs, c)]
+        return tuple(o[0] for o in out), {"loss": jnp.concatenate([o[1]["loss"] for o in out])}
+
+    def evaluate(c):
+        out = [p[1](g) for p, g in zip(progs, c)]
+        return {k: jnp.concatenate([o[k] for o in out]) for k in ("train_acc", "test_acc")}
+
+    n_cells = sum(len(i) * len(s) for i, s in groups)
+    res = run_loop(step, tuple(carry), steps=cfg["epochs"], eval_fn=evaluate, eval_every=cfg["eval_every"],
+                   progress=lambda total, desc: ctx.progress(total=total, desc=f"M={m} ({n_cells} cells)"))
+    shape = (-1, sum(len(i) for i, _ in groups), len(groups[0][1]))
+    return {k: np.asarray(v).reshape(shape) for k, v in res.evals.items()}, res.eval_steps
+
+
 def train_modulus(m: int, cfg: dict[str, Any], ctx: RunContext):
-    """Every (multiple, seed) cell of modulus m: ``run_loop`` of the step vmapped over
-    the cells (``strategy="vmap"``) or one ``run_loop`` per cell (``"sequential"``)."""
+    """Every (multiple, seed) cell of modulus m: one ``run_loop`` of all cells, one group
+    per multiple vmapped over the seeds (``strategy="vmap"``), or one ``run_loop`` per
+    cell (``"sequential"``). Returns the final accuracies and the curves, arrays of shape
+    (multiples, seeds) and (evals, multiples, seeds), and the eval steps."""
     if cfg["strategy"] not in ("vmap", "sequential"):
         raise ValueError(f"strategy must be 'vmap' or 'sequential', got {cfg['strategy']!r}")
-    static = {k: v for k, v in cfg.items() if k not in SWEEPABLE and k != "seed"}
-    static["modulus"] = m
-    static["max_multiple"] = float(max(cfg["multiples"]))
-    multiples = np.asarray(cfg["multiples"], np.float64)
-    seeds = np.arange(cfg["n_seeds"])
-    mult_grid, seed_grid = np.meshgrid(multiples, seeds, indexing="ij")
-    hps = {k: np.full(mult_grid.size, cfg[k]) for k in SWEEPABLE}
-    hps["multiple"] = mult_grid.ravel()
-    keys = jnp.stack([jax.random.PRNGKey(cfg["seed"] + 1000 * m + int(s)) for s in seed_grid.ravel()])
-    init, step, evaluate = cell_program(static)
-    groups = [slice(None)] if cfg["strategy"] == "vmap" else [slice(i, i + 1) for i in range(mult_grid.size)]
-    evals = []
-    for g in groups:
-        # Jitted, as inside a sweep cell: an eager init rounds init_scale * normal differently.
-        carry = jax.jit(jax.vmap(init))({k: jnp.asarray(v[g]) for k, v in hps.items()}, keys[g])
-        res = run_loop(
-            jax.vmap(step),
-            carry,
-            steps=cfg["epochs"],
-            eval_fn=jax.vmap(evaluate),
-            eval_every=cfg["eval_every"],
-            progress=lambda total, desc: ctx.progress(total=total, desc=f"M={m} ({mult_grid.size} cells)"),
-        )
-        evals.append(res.evals)
-    shape = mult_grid.shape
-    curves = {k: np.concatenate([np.asarray(e[k]) for e in evals], axis=1).reshape((-1,) + shape) for k in ("train_acc", "test_acc")}
+    seeds = list(range(cfg["n_seeds"]))
+    if cfg["strategy"] == "vmap":
+        curves, eval_steps = _group_loop(m, cfg, ctx, [([i], seeds) for i in range(len(cfg["multiples"]))])
+    else:
+        runs = [[_group_loop(m, cfg, ctx, [([i], [s])]) for s in seeds] for i in range(len(cfg["multiples"]))]
+        eval_steps = runs[0][0][1]
+        curves = {k: np.concatenate([np.concatenate([r[0][k] for r in row], axis=2) for row in runs], axis=1)
+                  for k in ("train_acc", "test_acc")}
     final = {k: c[-1] for k, c in curves.items()}  # measure() checks that eval_every divides epochs
-    return final, curves, res.eval_steps
+    return final, curves, eval_steps
 
 
 def _boundary(multiples: np.ndarray, test: np.ndarray, crit: float, generalised: float) -> dict[str, Any]:

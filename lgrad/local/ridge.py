@@ -11,7 +11,16 @@ with features :math:`F \\in \\mathbb{R}^{N\\times K}`, targets
 :math:`\\tilde Y \\in \\mathbb{R}^{N\\times M}`, ridge :math:`\\eta > 0` and an optional
 diagonal row weighting :math:`D = \\mathrm{diag}(w)` (``weights``; a 0/1 mask selects
 the training rows while keeping shapes static, so problems with different training
-sets can be batched with ``jax.vmap``).
+sets can be batched with ``jax.vmap``). With fewer rows than features
+(:math:`N < K`) the same solution comes from the dual (kernel) form, an
+:math:`N \\times N` solve instead of a :math:`K \\times K` one (push-through identity,
+:math:`S = D^{1/2}`):
+
+.. math::
+
+    V^\\top = F^\\top S\\, (S F F^\\top S + \\eta I)^{-1} S \\tilde Y
+
+(docs/papers/grokking-scaling.md, "Cost").
 """
 from __future__ import annotations
 
@@ -60,11 +69,14 @@ def ridge_solve(
         )
     if weights is not None and weights.shape != (features.shape[0],):
         raise ValueError(f"weights must have shape ({features.shape[0]},), got {weights.shape}")
+    sg = jax.lax.stop_gradient if stop_gradient else (lambda x: x)
+    solve = _spd_solve if stop_gradient else (lambda a, b: jax.scipy.linalg.solve(a, b, assume_a="pos"))
+    n, k = features.shape
+    if n < k:  # dual form: an (N, N) solve
+        fs = features if weights is None else features * jnp.sqrt(weights)[:, None]
+        ys = targets if weights is None else targets * jnp.sqrt(weights)[:, None]
+        fs, ys = sg(fs), sg(ys)
+        return (fs.T @ solve(fs @ fs.T + ridge * jnp.eye(n, dtype=features.dtype), ys)).T
     fw = features if weights is None else features * weights[:, None]
-    k = features.shape[1]
     gram = fw.T @ features + ridge * jnp.eye(k, dtype=features.dtype)
-    rhs = fw.T @ targets
-    if stop_gradient:
-        sg = jax.lax.stop_gradient
-        return _spd_solve(sg(gram), sg(rhs)).T
-    return jax.scipy.linalg.solve(gram, rhs, assume_a="pos").T
+    return solve(sg(gram), sg(fw.T @ targets)).T
