@@ -94,6 +94,7 @@ that changed verdict sit on their thresholds for both streams.
 """
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -276,25 +277,54 @@ def _algorithm(cfg: dict[str, Any], method: str, truth: np.ndarray, backend: str
                                       weighted=False, corrupt=corrupt, backend=backend)
 
 
-def _simulate(cfg: dict[str, Any], data: _Data, method: str, *, key, backend: str | None = None, rounds: int | None = None):
-    """``run_loop`` over the rounds of ``method``; carry ``(ServerState, key)``, test accuracy every round."""
+def _stack_data(datas: list[_Data]) -> tuple[federated.ClientData, tuple[np.ndarray, np.ndarray]]:
+    """The runs' client shards and test sets stacked on a leading run axis; the shards are
+    zero-padded to the longest. A client's minibatches only draw from its first ``count``
+    rows and the clients count alike (``weighted=False``), so the padding is never read."""
+    m = max(d.clients.arrays[0].shape[1] for d in datas)
+    pad = lambda a: np.pad(np.asarray(a), [(0, 0), (0, m - a.shape[1])] + [(0, 0)] * (a.ndim - 2))  # noqa: E731
+    arrays = tuple(np.stack([pad(d.clients.arrays[i]) for d in datas]) for i in range(len(datas[0].clients.arrays)))
+    clients = federated.ClientData(arrays, np.stack([np.asarray(d.clients.count) for d in datas]))
+    return clients, (np.stack([np.asarray(d.x_test) for d in datas]), np.stack([np.asarray(d.y_test) for d in datas]))
+
+
+def _simulate(cfg: dict[str, Any], datas: list[_Data], method: str, *, keys: list, backend: str | None = None,
+              rounds: int | None = None) -> list:
+    """``run_loop`` over the rounds of ``method`` for every run (``datas[i]`` from ``keys[i]``); carry
+    ``(ServerState, key, clients, test set)``, test accuracy every round. One ``FitResult`` per run.
+    Under ``backend="vmap"`` the runs are one ``jax.vmap``-ed program (one compilation for all
+    seeds); on a mesh they run one after the other. The client classes (``truth``) must agree."""
     backend = backend or cfg["backend"]
-    alg = _algorithm(cfg, method, data.truth, backend)
-    clients = federated.shard_workers(data.clients, n_workers=cfg["n_clients"], backend=backend)
-    d_in = data.x_test.shape[1]
-    state = alg.init(key, {"w": jnp.zeros((d_in, 10)), "b": jnp.zeros((10,))})
+    if any(not np.array_equal(d.truth, datas[0].truth) for d in datas):
+        raise ValueError("the runs simulated together must share the client classes (truth)")
+    alg = _algorithm(cfg, method, datas[0].truth, backend)
+    params = {"w": jnp.zeros((datas[0].x_test.shape[1], 10)), "b": jnp.zeros((10,))}
 
     def step_fn(carry):
-        state, k = carry
+        state, k, clients, test = carry
         k, sub = jax.random.split(k)
         state, metrics = alg.round(state, clients, sub)
-        return (state, k), metrics
+        return (state, k, clients, test), metrics
 
     def eval_fn(carry):
-        p = carry[0].params
-        return {"test_acc": jnp.mean(jnp.argmax(data.x_test @ p["w"] + p["b"], -1) == data.y_test)}
+        p, (x_test, y_test) = carry[0].params, carry[3]
+        return {"test_acc": jnp.mean(jnp.argmax(x_test @ p["w"] + p["b"], -1) == y_test)}
 
-    return run_loop(step_fn, (state, key), steps=rounds or cfg["rounds"], eval_fn=eval_fn, eval_every=1)
+    steps = rounds or cfg["rounds"]
+    if backend != "vmap":
+        out = []
+        for key, data in zip(keys, datas):
+            clients = federated.shard_workers(data.clients, n_workers=cfg["n_clients"], backend=backend)
+            carry = (alg.init(key, params), key, clients, (data.x_test, data.y_test))
+            out.append(run_loop(step_fn, carry, steps=steps, eval_fn=eval_fn, eval_every=1))
+        return out
+    keys = jnp.stack(keys)
+    clients, test = _stack_data(datas)
+    carry = (jax.vmap(alg.init, in_axes=(0, None))(keys, params), keys, clients, test)
+    res = run_loop(jax.vmap(step_fn), carry, steps=steps, eval_fn=jax.vmap(eval_fn), eval_every=1)
+    return [dataclasses.replace(res, state=jax.tree.map(lambda a: a[i], res.state),
+                                history={k: v[:, i] for k, v in res.history.items()},
+                                evals={k: v[:, i] for k, v in res.evals.items()}) for i in range(len(datas))]
 
 
 def backend_probe(config: dict[str, Any], backend: str, rounds: int = 5) -> dict[str, np.ndarray]:
@@ -304,7 +334,7 @@ def backend_probe(config: dict[str, Any], backend: str, rounds: int = 5) -> dict
     data = _setup(config)
     out: dict[str, np.ndarray] = {}
     for method in [REFERENCE, *config["methods"]]:
-        res = _simulate(config, data, method, key=jax.random.PRNGKey(config["seed"]), backend=backend, rounds=rounds)
+        (res,) = _simulate(config, [data], method, keys=[jax.random.PRNGKey(config["seed"])], backend=backend, rounds=rounds)
         params = res.state[0].params
         out.update({f"{method}/params/{k}": np.asarray(v) for k, v in params.items()})
         out.update({f"{method}/{k}": np.asarray(v) for k, v in res.history.items()})
@@ -312,18 +342,27 @@ def backend_probe(config: dict[str, Any], backend: str, rounds: int = 5) -> dict
     return out
 
 
-def _seed_run(ctx, cfg: dict[str, Any], methods) -> dict[str, Any]:
-    """Every method of ``methods`` on the data and key of ``cfg['seed']``: final accuracies,
-    MUD-HoG's flags per round, the truth and the results (for the plot)."""
-    data = _setup(cfg)
-    key = jax.random.PRNGKey(cfg["seed"])
-    results = {m: _simulate(cfg, data, m, key=key) for m in methods}
-    for m, res in results.items():
-        for j, s in enumerate(res.eval_steps):
-            ctx.log(f"accuracy/{m}", step=int(s), seed=cfg["seed"], test_acc=float(res.evals["test_acc"][j]))
-    acc = {m: float(res.evals["test_acc"][-1]) for m, res in results.items()}
-    flags = np.asarray(results["MUD-HoG"].history["flags"]) if "MUD-HoG" in results else None
-    return {"acc": acc, "flags": flags, "truth": data.truth, "results": results}
+def _seed_runs(ctx, cfgs: list[dict[str, Any]], methods, bar) -> list[dict[str, Any]]:
+    """Every method of ``methods[i]`` on the data and key of ``cfgs[i]`` (seed, alpha), each method's
+    runs together: per run the final accuracies, MUD-HoG's flags per round, the truth and the
+    results (for the plot)."""
+    datas = [_setup(c) for c in cfgs]
+    keys = [jax.random.PRNGKey(c["seed"]) for c in cfgs]
+    results: list[dict[str, Any]] = [{} for _ in cfgs]
+    for m in dict.fromkeys(m for ms in methods for m in ms):
+        idx = [i for i, ms in enumerate(methods) if m in ms]
+        for i, res in zip(idx, _simulate(cfgs[0], [datas[i] for i in idx], m, keys=[keys[i] for i in idx])):
+            results[i][m] = res
+        bar.update(1)
+    runs = []
+    for c, data, res_i in zip(cfgs, datas, results):
+        for m, res in res_i.items():
+            for j, s in enumerate(res.eval_steps):
+                ctx.log(f"accuracy/{m}", step=int(s), seed=c["seed"], alpha=c["alpha"], test_acc=float(res.evals["test_acc"][j]))
+        acc = {m: float(res.evals["test_acc"][-1]) for m, res in res_i.items()}
+        flags = np.asarray(res_i["MUD-HoG"].history["flags"]) if "MUD-HoG" in res_i else None
+        runs.append({"acc": acc, "flags": flags, "truth": data.truth, "results": res_i})
+    return runs
 
 
 def _spread(values) -> dict[str, Any]:
@@ -337,15 +376,13 @@ def measure(config: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
     check_config(cfg)
     seeds = [cfg["seed"] + k for k in range(cfg["n_seeds"])]
     methods = [REFERENCE, *cfg["methods"]]
-    bar = ctx.progress(total=len(seeds) * (1 + len(cfg["finding_alphas"])), desc="seeds")
-    runs, alpha_runs = [], {a: [] for a in cfg["finding_alphas"]}
-    for s in seeds:
-        runs.append(_seed_run(ctx, dict(cfg, seed=s), methods))
-        bar.update(1)
-        for a in cfg["finding_alphas"]:
-            alpha_runs[a].append(_seed_run(ctx, dict(cfg, seed=s, alpha=float(a)), ["MUD-HoG"]))
-            bar.update(1)
+    cfgs = [dict(cfg, seed=s) for s in seeds] + [dict(cfg, seed=s, alpha=float(a)) for a in cfg["finding_alphas"] for s in seeds]
+    run_methods = [methods] * len(seeds) + [["MUD-HoG"]] * (len(cfgs) - len(seeds))
+    bar = ctx.progress(total=len(dict.fromkeys(m for ms in run_methods for m in ms)), desc=f"methods ({len(seeds)} seeds each)")
+    all_runs = _seed_runs(ctx, cfgs, run_methods, bar)
     bar.close()
+    runs = all_runs[: len(seeds)]
+    alpha_runs = {a: all_runs[len(seeds) * (1 + j): len(seeds) * (2 + j)] for j, a in enumerate(cfg["finding_alphas"])}
     out: dict[str, Any] = {"acc": [r["acc"] for r in runs]}  # per seed: method -> final test accuracy
     if "MUD-HoG" in cfg["methods"]:
         out["detection"] = _detection(ctx, cfg, runs)
