@@ -119,23 +119,30 @@ def learner(kind, side, C, cfg, rule, seed, act) -> LocalLearner:
                         rule_options=options(rule, cfg))
 
 
-def _setup(kind, act, rule, cfg, data):
-    """Learner, per-seed carries (train state, data key), the one-seed step and test accuracy."""
+def epoch_orders(n: int, seeds: list[int], epochs: int) -> jax.Array:
+    """``(seeds, epochs, n)``: seed ``s``'s batch order in epoch ``e``, the permutation
+    ``jax.random.permutation(fold_in(PRNGKey(s), e), n)``. Computed once per dataset
+    (the same numbers every step's own permutation would give, without a sort per step)."""
+    perm = jax.jit(lambda k, e: jax.random.permutation(jax.random.fold_in(k, e), n))
+    return jnp.stack([jnp.stack([perm(jax.random.PRNGKey(s), e) for e in range(epochs)]) for s in seeds])
+
+
+def _setup(kind, act, rule, cfg, data, orders):
+    """Learner, per-seed carries (train state, epoch orders), the one-seed step and test accuracy."""
     tr, te, side, C = data
     seeds = [cfg["seed"] + i for i in range(cfg["seeds"])]
     learners = [learner(kind, side, C, cfg, rule, s, act) for s in seeds]
     L, shape, tx = learners[0], learners[0].spec.input_shape, optax.adam(cfg["learning_rate"])
     states = [lr.init_train_state(tx, jax.random.PRNGKey(s)) for lr, s in zip(learners, seeds)]
-    carries = [(st, jax.random.PRNGKey(s)) for st, s in zip(states, seeds)]
+    carries = list(zip(states, orders))
     xtr, ytr = jnp.asarray(tr.x.reshape((-1,) + shape)), jnp.asarray(tr.y)
     xte, yte = jnp.asarray(te.x.reshape((-1,) + shape)), jnp.asarray(te.y)
     n, bs = xtr.shape[0], cfg["batch_size"]
     spe = n // bs
 
-    def one(state, dkey):
+    def one(state, order):
         def batch_fn(step, key):  # epoch-wise shuffling: a permutation per epoch, batch = its slice
-            perm = jax.random.permutation(jax.random.fold_in(dkey, step // spe), n)
-            idx = jax.lax.dynamic_slice_in_dim(perm, (step % spe) * bs, bs)
+            idx = jax.lax.dynamic_slice_in_dim(order[step // spe], (step % spe) * bs, bs)
             return xtr[idx], ytr[idx]
 
         return L.train_step(tx, batch_fn)(state)
@@ -146,13 +153,13 @@ def _setup(kind, act, rule, cfg, data):
     return L, carries, spe, one, acc
 
 
-def train_seeds(kind, act, rule, cfg, data, epochs, progress=None) -> tuple[np.ndarray, LocalLearner]:
+def train_seeds(kind, act, rule, cfg, data, epochs, orders, progress=None) -> tuple[np.ndarray, LocalLearner]:
     """All seeds of one (model, rule), each seed its own initialisation, projections / auxiliary nets
-    and epoch-wise batch order, one seed after the other through ``lgrad.train.run_loop`` with
-    ``host_steps=True`` (one compiled step per (model, rule) called from Python: on XLA:CPU the
-    cheapest layout, see ``docs/papers/local-tpsgd-drtp.md#cost``; checkpointable like every
-    run_loop). Returns test accuracy (epochs + 1, seeds): at the start and after every epoch."""
-    L, carries, spe, one, acc = _setup(kind, act, rule, cfg, data)
+    and epoch-wise batch order (``orders``, :func:`epoch_orders`), one seed after the other through
+    ``lgrad.train.run_loop`` with ``host_steps=True`` (one compiled step per (model, rule) called from
+    Python: on XLA:CPU the cheapest layout, see ``docs/papers/local-tpsgd-drtp.md#cost``; checkpointable
+    like every run_loop). Returns test accuracy (epochs + 1, seeds): at the start and after every epoch."""
+    L, carries, spe, one, acc = _setup(kind, act, rule, cfg, data, orders)
 
     def step(c):
         return (one(*c)[0], c[1]), {}
@@ -170,7 +177,10 @@ def train_seeds(kind, act, rule, cfg, data, epochs, progress=None) -> tuple[np.n
 def isolation(lrn: LocalLearner, x, y) -> tuple[float, float]:
     """max |dJ_k/dtheta_j| over j != k (must be exactly 0), and max |grads - grad(sum J)|."""
     params, state = lrn.init_params(), lrn.init_state()
-    jac = jax.jit(jax.jacrev(lambda p: lrn.local_losses(p, state, x, y)))(params)  # structural zeros: exact either way
+    # the cross-block entries are structural zeros (stop_gradient), exact at any optimisation level:
+    # compiled without LLVM optimisation (a one-off program; its other entries are not used)
+    jac_fn = jax.jit(jax.jacrev(lambda p: lrn.local_losses(p, state, x, y))).lower(params)
+    jac = jac_fn.compile({"xla_backend_optimization_level": 0})(params)
     K = len(lrn.blocks)
     cross = 0.0
     for j in range(K):
@@ -179,7 +189,8 @@ def isolation(lrn: LocalLearner, x, y) -> tuple[float, float]:
             cross = max(cross, float(np.delete(rows, j).max(initial=0.0)))
     g, _ = jax.jit(lrn.grads)(params, state, x, y)
     g2 = jax.grad(lambda p: lrn.local_losses(p, state, x, y).sum())(params)
-    diff = max((float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g2))), default=0.0)
+    leaves = zip(jax.tree.leaves(g), jax.tree.leaves(g2))  # float32 differences on the host (no compile per leaf shape)
+    diff = max((float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in leaves), default=0.0)
     return cross, diff
 
 
@@ -200,14 +211,16 @@ def jobs(cfg) -> list[tuple[str, str, str, str]]:
 def train_all(cfg, ctx: RunContext) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Every job of :func:`jobs`: the measurements (final accuracies, isolation) and the curves (for the plot)."""
     data = {ds: load(ds, cfg["seed"], cfg["test_fraction"]) for ds in cfg["datasets"]}
+    seeds = [cfg["seed"] + i for i in range(cfg["seeds"])]
+    ep = {ds: cfg["digits_epochs"] if ds == "digits" else cfg["epochs"] for ds in data}
+    orders = {ds: epoch_orders(len(data[ds][0].y), seeds, ep[ds]) for ds in data}
     curves: dict[str, np.ndarray] = {}
     acc, iso, match = {}, {}, {}
     t0 = time.perf_counter()
     for ds, kind, act, rule in jobs(cfg):
         job = f"{ds}/{kind}/{act}/{rule}"
         with ctx.variant(job):
-            epochs = cfg["digits_epochs"] if ds == "digits" else cfg["epochs"]
-            curve, lrn = train_seeds(kind, act, rule, cfg, data[ds], epochs, progress=ctx.progress)
+            curve, lrn = train_seeds(kind, act, rule, cfg, data[ds], ep[ds], orders[ds], progress=ctx.progress)
         curves[job] = curve
         acc[job] = {"final": curve[-1].tolist(), "before10": curve[-11].tolist() if len(curve) > 11 else None}
         for e, a in enumerate(curve):
@@ -220,33 +233,51 @@ def train_all(cfg, ctx: RunContext) -> tuple[dict[str, Any], dict[str, np.ndarra
     return dict(acc=acc, isolation=iso, grad_match=match, train_s=time.perf_counter() - t0), curves
 
 
+def _abstract(make) -> tuple[LocalLearner, Any, Any]:
+    """``make()``'s learner with its params and rule state as shapes only (``jax.eval_shape``):
+    what a compiled-memory probe needs (the program depends on shapes, not values), with no
+    initialiser run or compiled."""
+    box: list[LocalLearner] = []
+
+    def build():
+        box.append(make())
+        return box[0].init_params(), box[0].init_state()
+
+    params, state = jax.eval_shape(build)
+    return box[0], params, state
+
+
+def _grad_memory(make, Bm: int) -> dict[str, int]:
+    """Compiled bytes (peak, temp) of ``make()``'s gradient step on a batch of ``Bm`` (float inputs, int labels)."""
+    lrn, params, state = _abstract(make)
+    x = jax.ShapeDtypeStruct((Bm,) + lrn.spec.input_shape, jnp.float32)
+    y = jax.ShapeDtypeStruct((Bm,), jnp.int32)
+    m = compiled_memory(lrn.grads, params, state, x, y)
+    return {"peak": m["peak"], "temp": m["temp"]}
+
+
 def memory_probe(cfg) -> dict[str, dict[str, dict[str, int]]]:
     """Compiled memory (bytes: peak, temp) of every rule's gradient step and backprop's, same model and batch."""
     mem: dict[str, dict[str, dict[str, int]]] = {}
-    Bm, key, seed = cfg["mem_batch"], jax.random.PRNGKey(cfg["seed"]), cfg["seed"]
+    Bm, seed = cfg["mem_batch"], cfg["seed"]
     for kind in [k for k in ("mlp", "cnn") if k in cfg["models"]]:
         mem[kind] = {}
         for rule in dict.fromkeys(["backprop"] + list(cfg["rules"])):
-            lrn = learner(kind, 28, 10, cfg, rule, seed, act_of(rule, kind, cfg))
-            x = jax.random.uniform(key, (Bm,) + lrn.spec.input_shape)
-            y = jax.random.randint(key, (Bm,), 0, 10)
-            m = compiled_memory(lrn.grads, lrn.init_params(), lrn.init_state(), x, y)
-            mem[kind][rule] = {"peak": m["peak"], "temp": m["temp"]}
+            mem[kind][rule] = _grad_memory(lambda: learner(kind, 28, 10, cfg, rule, seed, act_of(rule, kind, cfg)), Bm)
     return mem
 
 
 def depth_probe(cfg) -> dict[str, dict[str, dict[str, int]]]:
     """tpSGD's and backprop's compiled memory on MLPs of ``mem_depths`` hidden blocks."""
     out: dict[str, dict[str, dict[str, int]]] = {"backprop": {}, "tpsgd": {}}
-    Bm, key, seed = cfg["mem_batch"], jax.random.PRNGKey(cfg["seed"]), cfg["seed"]
+    Bm, seed = cfg["mem_batch"], cfg["seed"]
     for D in cfg["mem_depths"]:
         for rule in out:
-            blocks = M.mlp(784, (cfg["mlp_width"],) * D, 10, rngs=nnx.Rngs(seed))
-            lrn = LocalLearner(blocks, rule, input_shape=(784,), num_classes=10, rule_options=options(rule, cfg))
-            x = jax.random.uniform(key, (Bm, 784))
-            y = jax.random.randint(key, (Bm,), 0, 10)
-            m = compiled_memory(lrn.grads, lrn.init_params(), lrn.init_state(), x, y)
-            out[rule][str(D)] = {"peak": m["peak"], "temp": m["temp"]}
+            def make():
+                blocks = M.mlp(784, (cfg["mlp_width"],) * D, 10, rngs=nnx.Rngs(seed))
+                return LocalLearner(blocks, rule, input_shape=(784,), num_classes=10, rule_options=options(rule, cfg))
+
+            out[rule][str(D)] = _grad_memory(make, Bm)
     return out
 
 
