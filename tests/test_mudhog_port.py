@@ -83,16 +83,33 @@ def test_every_method_runs_and_mesh_equals_vmap_on_one_device():
     cfg = _cfg()
     data = _data(cfg)
     key = jax.random.PRNGKey(0)
-    res = exp._simulate(cfg, data, "MUD-HoG", key=key)
+    (res,) = exp._simulate(cfg, [data], "MUD-HoG", keys=[key])
     assert res.history["flags"].shape == (3, 8) and res.evals["test_acc"].shape == (4,)
-    mesh = exp._simulate(cfg, data, "MUD-HoG", key=key, backend="mesh")
+    (mesh,) = exp._simulate(cfg, [data], "MUD-HoG", keys=[key], backend="mesh")
     for k in ("w", "b"):
         np.testing.assert_allclose(mesh.state[0].params[k], res.state[0].params[k], atol=1e-5)
     for method in ("Krum", exp.REFERENCE):  # FedAvg runs in the smoke test; median is a rule like Krum
-        out = exp._simulate(cfg, data, method, key=key, rounds=1)
+        (out,) = exp._simulate(cfg, [data], method, keys=[key], rounds=1)
         assert np.isfinite(out.evals["test_acc"]).all()
     with pytest.raises(ValueError, match="method must be one of"):
         exp._algorithm(cfg, "trimmed", data.truth, "vmap")
+
+
+def test_runs_simulated_together_equal_the_runs_alone():
+    """Two runs in one vmapped program (the second's shards padded to the first's length) give
+    each run's own flags and parameters; runs with other client classes are refused."""
+    cfg = _cfg()
+    a, b = _data(cfg), _data(cfg, m=6, seed=1)
+    keys = [jax.random.PRNGKey(0), jax.random.PRNGKey(1)]
+    both = exp._simulate(cfg, [a, b], "MUD-HoG", keys=keys)
+    for data, key, res in zip((a, b), keys, both):
+        (alone,) = exp._simulate(cfg, [data], "MUD-HoG", keys=[key])
+        np.testing.assert_array_equal(res.history["flags"], alone.history["flags"])
+        for k in ("w", "b"):
+            np.testing.assert_allclose(res.state[0].params[k], alone.state[0].params[k], atol=1e-6)
+    other = b._replace(truth=np.roll(b.truth, 1))
+    with pytest.raises(ValueError, match="share the client classes"):
+        exp._simulate(cfg, [a, other], "FedAvg", keys=keys)
 
 
 def test_claims_from_hand_made_measurements():

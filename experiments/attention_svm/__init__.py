@@ -39,6 +39,7 @@ not change.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -112,10 +113,45 @@ def memory_estimate(cfg: dict[str, Any]) -> int:
 
 
 
-def _problems(key, seeds, n, T, d):
+def _draw_length(cfg: dict[str, Any]) -> int:
+    """Length of the flat random rows every problem of ``cfg`` is cut from (see ``_problems``)."""
+    D = max([cfg["d"], *cfg["sweep_ds"]])
+    return max(cfg["n"] * cfg["T"] * D, D * D, cfg["n"])
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _normal_rows(keys, length):
+    return jax.vmap(lambda k: jax.random.normal(k, (length,)))(keys)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _uniform_rows(keys, bounds, length):
+    return jax.vmap(lambda k, b: jax.random.uniform(k, (length,), minval=-b, maxval=b))(keys, bounds)
+
+
+def _problems(key, seeds, n, T, d, *, length):
+    """``seeds`` problems (``asvm.make_problem``) and initialisations (``asvm.init_params``,
+    both parameterisations) from ``key``: the same keys and draws, cut from flat rows.
+
+    The threefry generator draws element i of ``normal(k, shape)`` from counter i, so a
+    draw is the first ``prod(shape)`` entries of ``normal(k, (length,))`` reshaped; one
+    compiled random program per seed count then serves every d instead of one per (d,
+    shape, draw), which cost about 5 CPU s per d. The normalisation repeats
+    ``make_problem``'s eager operations, so the problems and initialisations equal the
+    library's bit for bit (tests/test_attention_svm_experiment.py).
+    """
     kd, ki = jax.random.split(key)
-    prob = jax.vmap(lambda k: asvm.make_problem(k, n, T, d))(jax.random.split(kd, seeds))
-    params = jax.vmap(lambda k: asvm.init_params(k, d, "both"))(jax.random.split(ki, seeds))
+    kv, ky, kx, kz = np.moveaxis(np.asarray(jax.vmap(lambda k: jax.random.split(k, 4))(jax.random.split(kd, seeds))), 1, 0)
+    kw, kk, kq = np.moveaxis(np.asarray(jax.vmap(lambda k: jax.random.split(k, 3))(jax.random.split(ki, seeds))), 1, 0)
+    normal = np.asarray(_normal_rows(jnp.asarray(np.concatenate([kv, ky, kx, kz])), length)).reshape(4, seeds, length)
+    b = np.full(3 * seeds, 1.0 / np.sqrt(d))
+    unif = np.asarray(_uniform_rows(jnp.asarray(np.concatenate([kw, kk, kq])), jnp.asarray(b), length)).reshape(3, seeds, length)
+    v, y = normal[0, :, :d], normal[1, :, :n]
+    X, z = normal[2, :, : n * T * d].reshape(seeds, n, T, d), normal[3, :, : n * d].reshape(seeds, n, d)
+    unit = jax.vmap(lambda a: a / jnp.linalg.norm(a, axis=-1, keepdims=True))  # make_problem's eager ops, batched
+    v = jax.vmap(lambda a: a / jnp.linalg.norm(a))(v)
+    prob = asvm.AttentionProblem(unit(X), jnp.asarray(np.where(y > 0, 1.0, -1.0)), unit(z), v)
+    params = {name: jnp.asarray(unif[i, :, : d * d].reshape(seeds, d, d)) for i, name in enumerate(("W", "K", "Q"))}
     return prob, params
 
 
@@ -190,7 +226,7 @@ def _spread(v: np.ndarray, *, below: float | None = 0.99) -> dict[str, float]:
 def _local_convergence(cfg, ctx, key) -> dict[str, Any]:
     """The authors' local-convergence setting: both parameterisations, all seeds, one program."""
     S = cfg["seeds"]
-    prob, params = _problems(key, S, cfg["n"], cfg["T"], cfg["d"])
+    prob, params = _problems(key, S, cfg["n"], cfg["T"], cfg["d"], length=_draw_length(cfg))
     res = asvm.train_attention(
         prob, params, steps=cfg["steps"], learning_rate=cfg["learning_rate"], reg=cfg["reg"],
         eval_every=cfg["eval_every"], progress=ctx.progress,
@@ -230,7 +266,7 @@ def _overparam_sweep(cfg, ctx, key) -> list[dict[str, Any]]:
     P, D = cfg["sweep_problems"], max(ds)
     parts, raw = [], []
     for d, kd in zip(ds, jax.random.split(key, len(ds))):
-        sprob, sparams = _problems(kd, P, cfg["n"], cfg["T"], d)
+        sprob, sparams = _problems(kd, P, cfg["n"], cfg["T"], d, length=_draw_length(cfg))
         raw.append(sprob)
         pad = lambda a, axes: jnp.pad(a, [(0, D - d) if ax in axes else (0, 0) for ax in range(a.ndim)])  # noqa: E731
         parts.append((

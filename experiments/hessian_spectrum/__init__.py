@@ -42,6 +42,7 @@ k=10 -> 10,10,10 (pass); Lanczos vs eigh 1.6e-15.
 """
 from __future__ import annotations
 
+import functools
 import math
 import time
 from typing import Any
@@ -221,6 +222,39 @@ def _accuracy(params, data) -> np.ndarray:
     return np.mean(np.argmax(logits, -1) == y, axis=-1)
 
 
+def _draw_length(cfg) -> int:
+    """Length of the flat normal rows every initialisation of ``cfg`` is cut from (``_init_stack``)."""
+    w, k = max([*cfg["widths"], *cfg["large_widths"]]), max([*cfg["ks"], cfg["large_k"]])
+    return max(cfg["dim"], k) * w
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _normal_rows(keys, length):
+    return jax.vmap(lambda kk: jax.random.normal(kk, (length,)))(keys)
+
+
+@jax.jit
+def _divide_rows(rows, scale):
+    """``rows[i] / scale[i]``: XLA's division, as ``init_mlp``'s (a separate program, like the eager op)."""
+    return rows / scale[:, None]
+
+
+def _init_stack(keys, dim: int, width: int, k: int, *, length: int):
+    """``init_mlp(key, dim, width, k)`` for every key, stacked: the same keys and draws, cut
+    from flat rows. The threefry generator draws element i of ``normal(key, shape)`` from
+    counter i, so a draw is the first ``prod(shape)`` entries of ``normal(key, (length,))``
+    reshaped (tests/test_hessian_spectrum.py checks it against ``init_mlp``): one compiled
+    program for every (width, k) instead of one per shape."""
+    k1, k2 = np.moveaxis(np.asarray(jax.vmap(jax.random.split)(jnp.stack(keys))), 1, 0)
+    S = len(keys)
+    scale = np.repeat([math.sqrt(dim), math.sqrt(width)], S)
+    rows = np.asarray(_divide_rows(_normal_rows(jnp.asarray(np.concatenate([k1, k2])), length), jnp.asarray(scale)))
+    return {
+        "hidden": {"w": rows[:S, : dim * width].reshape(S, dim, width), "b": np.zeros((S, width))},
+        "out": {"w": rows[S:, : width * k].reshape(S, width, k), "b": np.zeros((S, k))},
+    }
+
+
 def _train(cfg, keys, data, width, k):
     """GD on every seed at once: one ``fit`` of the sum of the per-seed losses.
 
@@ -228,7 +262,7 @@ def _train(cfg, keys, data, width, k):
     gradient and every seed follows its own GD path (one compiled program per shape).
     ``keys``: the seeds' init keys; ``data``: the seeds' stacked mixtures.
     """
-    params = _stack([init_mlp(jax.random.fold_in(kp, width), cfg["dim"], width, k) for kp in keys])
+    params = _init_stack([jax.random.fold_in(kp, width) for kp in keys], cfg["dim"], width, k, length=_draw_length(cfg))
 
     def loss(p, d):
         per_seed = jax.vmap(LOSS)(p, d)
