@@ -20,10 +20,11 @@ passes only if the constant's RMS log residual exceeds the law's by >= 0.1, so a
 constant boundary makes it fail). The old finding ``scaling-law-vs-constant`` (midpoint
 fits on two moduli) is replaced by it. Thresholds of the old claims are unchanged.
 
-Every (fraction, seed) cell of one M shares shapes (the training set is a 0/1 weight
-over a fixed number of gathered pairs, enough for the largest multiple), so all
-cells of one M train as one vmapped program. There is one training path
-(:func:`cell_program`): the run drives its step, vmapped over the cells, with
+The seeds of one (M, multiple) share shapes (the training set is a 0/1 weight over
+a fixed number of gathered pairs, enough for that multiple) and are vmapped; the
+multiples of one M are stepped side by side in one compiled program (cost:
+docs/papers/grokking-scaling.md, "Cost"). There is one training path
+(:func:`cell_program`): the run drives its step, vmapped over the seeds, with
 ``lgrad.train.run_loop`` (so ``lgrad run --checkpoint-every/--resume`` checkpoint
 it), and a sweep cell (:func:`train_cell`) is ``lgrad.train.scan_steps`` of the same
 step (gathering all M^2 pairs, since a sweep's multiples are traced), e.g.
@@ -141,6 +142,9 @@ def train_rows(m: int, max_multiple: float | None) -> int:
     return int(min(n, math.ceil(max_multiple * critical_fraction(m) * n) + 1))
 
 
+ROW_KEYS = ("a", "b", "t", "wt")  # a cell's entries with one row per gathered pair
+
+
 def make_cell(m: int, cfg: dict[str, Any], rows: int | None = None):
     """(init, step, evaluate) for one modulus; each acts on one cell and is vmapped.
 
@@ -254,21 +258,30 @@ def train_cell(static: dict[str, Any], hp: dict[str, Any], key: jax.Array) -> di
     }
 
 
-def _group_loop(m: int, cfg: dict[str, Any], ctx: RunContext, groups: list[tuple[int, list[int]]]):
-    """One ``run_loop`` of modulus m over ``groups`` = [(multiple index, seeds)]: each
-    group gathers the rows of its own multiple (``train_rows``) and is vmapped over its
-    seeds; the groups are stepped side by side in one compiled program. Returns the
-    accuracy curves, (evals, groups, seeds), and the eval steps."""
+def _group_loop(m: int, cfg: dict[str, Any], ctx: RunContext, groups: list[tuple[list[int], list[int]]]):
+    """One ``run_loop`` of modulus m over ``groups`` = [(multiple indices, seeds)]: each
+    group gathers the rows of its largest multiple (``train_rows``) and is vmapped over
+    its cells; the groups are stepped side by side in one compiled program. Returns the
+    accuracy curves, (evals, multiples, seeds), and the eval steps."""
     static = {k: v for k, v in cfg.items() if k not in SWEEPABLE and k != "seed"}
-    progs, carry = [], []
-    for idx, seeds in groups:
-        mults = [float(cfg["multiples"][i]) for i in idx for _ in seeds]
-        init, step, evaluate = cell_program({**static, "modulus": m, "max_multiple": max(mults)})
-        hps = {k: jnp.full(len(mults), cfg[k]) for k in SWEEPABLE} | {"multiple": jnp.asarray(mults, jnp.float32)}
-        keys = jnp.stack([jax.random.PRNGKey(cfg["seed"] + 1000 * m + s) for _ in idx for s in seeds])
-        # Jitted, as inside a sweep cell: an eager init rounds init_scale * normal differently.
-        carry.append(jax.jit(jax.vmap(init))(hps, keys))
+    static["modulus"] = m
+    mults = [[float(cfg["multiples"][i]) for i in idx for _ in seeds] for idx, seeds in groups]
+    flat = [x for g in mults for x in g]
+    hps = {k: jnp.full(len(flat), cfg[k]) for k in SWEEPABLE} | {"multiple": jnp.asarray(flat, jnp.float32)}
+    keys = jnp.stack([jax.random.PRNGKey(cfg["seed"] + 1000 * m + s) for idx, seeds in groups for _ in idx for s in seeds])
+    # Every cell initialised at once (one compilation), with the rows of the largest multiple;
+    # a group keeps the first rows of its own largest multiple (the same pairs, see make_cell).
+    # Jitted, as inside a sweep cell: an eager init rounds init_scale * normal differently.
+    cells, hp = jax.jit(jax.vmap(cell_program({**static, "max_multiple": max(flat)})[0]))(hps, keys)
+    progs, carry, start = [], [], 0
+    for g in mults:
+        _, step, evaluate = cell_program({**static, "max_multiple": max(g)})
+        rows = train_rows(m, max(g))
+        cell = jax.tree.map(lambda v: v[start: start + len(g)], cells)
+        cell |= {k: cell[k][:, :rows] for k in ROW_KEYS}
+        carry.append((cell, jax.tree.map(lambda v: v[start: start + len(g)], hp)))
         progs.append((jax.vmap(step), jax.vmap(evaluate)))
+        start += len(g)
 
     def step(c):
         out = [p[0](g) for p, g in zip(progs, c)]
