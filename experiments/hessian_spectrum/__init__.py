@@ -33,12 +33,13 @@ k), the paper's "gap after the outliers" picture; the criterion (count grows wit
 unchanged. The near-zero fraction was one seed (k=10 failed: monotone in 3 of 5 seeds)
 -> the mean over ``seeds`` seeds, per-seed spread and monotone-seed count reported.
 
-Measured (quick; 134 s CPU): near-zero fraction, mean of 5 seeds, k=2 0.510/0.480/0.703
+Measured (quick; 82 s CPU, 134 s before the quick-run budget work: seeds trained
+together, one compiled draw for the inits, see docs/papers/hessian-spectrum.md): near-zero fraction, mean of 5 seeds, k=2 0.510/0.480/0.703
 (fail), k=3 0.303/0.331/0.553 (pass), k=10 0.208/0.150/0.201 (fail): it rises from width
 20 to 40 for every k, and the widths have at most about N parameters (not yet the
 over-parametrised regime); top-k H vs G at width 160: 1.3% / 0.8% / 0.9% (k=2/3/10,
 pass); eigenvalues before the largest gap at width 160: k=2 -> 2,2,1; k=3 -> 3,6,3;
-k=10 -> 10,10,10 (pass); Lanczos vs eigh 1.6e-15.
+k=10 -> 10,10,10 (pass); Lanczos vs eigh 3.4e-15.
 """
 from __future__ import annotations
 

@@ -25,7 +25,8 @@ byzantine=..., attack=..., attack_on=...), ...)`` over the clients' shards
 (``lgrad.federated.stack_clients`` of the Dirichlet parts). The attack-free
 reference is D-SGD among the 21 honest nodes alone. Every claim is a mean over
 ``n_seeds`` = 3 seeds (the authors ran 5); ``measured`` holds mean, std and per-seed
-values.
+values. The seeds of each (attack, method) run as one ``jax.vmap``-ed
+program (``_simulate``; on a mesh one after the other).
 
 Quick uses alpha = 1 only, 14x14 images (2x2 average pooling, d = 1,970) and the
 two methods the claims need (MoNNA, D-SGD); full uses alpha in {1, 5}, the 28x28

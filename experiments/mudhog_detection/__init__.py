@@ -21,7 +21,9 @@ kept in the average; our guards off: ``guards=false``). Baselines: FedAvg (the
 unweighted mean), coordinate-wise median, Krum (f = 19, all faulty clients), and
 the attack-free FedAvg over the benign + unreliable clients (reference). Every
 claim is a mean over ``n_seeds`` = 3 seeds (data split, partition, degradation
-and run key); ``measured`` holds the mean, std and per-seed values. Quick uses
+and run key); ``measured`` holds the mean, std and per-seed values. Each method's runs
+(the seeds; for MUD-HoG also the alpha-finding seeds) are one ``jax.vmap``-ed program
+(``_simulate``; on a mesh one after the other). Quick uses
 14x14 images (2x2 pooling, d = 1,970) for time.
 
 Training code is the library's: every method is one
