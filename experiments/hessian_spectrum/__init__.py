@@ -167,12 +167,14 @@ def check_config(cfg: dict[str, Any]) -> None:
 def memory_estimate(cfg: dict[str, Any]) -> int:
     """Bytes (float64): the dense Hessian and Gauss-Newton matrices of the largest
     exact model with eigh's copies (4 n^2), the Lanczos/SLQ bases of the largest
-    Lanczos model, the data and the loss history."""
+    Lanczos model, the data and the activations of all seeds trained together, and the
+    loss history."""
     exact = max((n_params(cfg["dim"], w, k) for w in cfg["widths"] for k in cfg["ks"]), default=0)
     large = max((n_params(cfg["dim"], w, k) for w in cfg["large_widths"] for k in [*cfg["ks"], cfg["large_k"]]), default=0)
     basis = large * (2 * cfg["lanczos_iters"] + cfg["slq_probes"] * cfg["slq_iters"] + 8)
-    acts = cfg["n_points"] * max([*cfg["widths"], *cfg["large_widths"], 1]) * 4
-    return 8 * (4 * exact * exact + basis + acts + cfg["n_points"] * (cfg["dim"] + 1) + cfg["steps"])
+    S = max(cfg["seeds"], cfg["large_seeds"])
+    acts = S * cfg["n_points"] * max([*cfg["widths"], *cfg["large_widths"], 1]) * 4
+    return 8 * (4 * exact * exact + basis + acts + S * cfg["n_points"] * (cfg["dim"] + 1) + S * cfg["steps"])
 
 
 # ----------------------------------------------------------------------------- spectra stats
