@@ -7,6 +7,9 @@ os.environ.setdefault("JAX_NUM_CPU_DEVICES", "8")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# The CLI's XLA:CPU flags (reductions out of YNNPACK, see lgrad/cli/__init__.py), so tests
+# run what the commands run.
+import lgrad.cli  # noqa: E402,F401
 
 import jax  # noqa: E402
 
