@@ -39,8 +39,12 @@ the passes' measured cost. ``dgc-breakdown/step-floor`` measures that limit dire
 a hand-fused minimal DGC step (:func:`_minimal_dgc`: gradient, accumulation, per leaf
 the sample estimate, one counting pass, compaction, masked u and v, and the scatter
 of the message into the update; no refinement, no validation, no bookkeeping) in the
-same program wrapper as the dense step costs 2.0x it (shared 2-core CPU, load ~7;
-dgc-step 2.27x, exact 1.92x in the same run), so 1.3 is below what XLA:CPU can do.
+same program wrapper as the dense step costs 1.35x it on the idle 2-core CPU with the
+CLI's XLA flags (reductions out of YNNPACK), against dgc-step 1.47x and exact top-k
+1.78x in the same run (under load ~7 and without the flag: 2.0x, 2.27x, 1.92x). So
+1.3 is below what XLA:CPU does even for the hand-fused minimum; the sampled step is
+within 9% of that floor, and the sampled threshold is 1.06x exact top-k (the
+minimal selection alone 0.63x, so the remaining gap is the over-full refinement).
 """
 from __future__ import annotations
 

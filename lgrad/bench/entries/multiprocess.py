@@ -32,15 +32,16 @@ re-runs inside the timed wall (two more scans and the collectives-only scan: ~16
 under gloo against ~1 s with vmap), which reported 4.5x; the instrumentation is now
 outside the timed runs.
 
-Now (shared 2-core CPU, load ~7, 2000 steps, two interleaved pairs): the command
-66.1 s vs 35.7 s wall (1.85x, target <= 2 met), 48.9 s vs 17.4 s CPU (2.8x: each
-process imports, compiles and runs its half, and gloo waits by polling); the
-training alone 24.5 s vs 17.6 s (1.39x). Per process: start + imports 2.2 vs 1.8 s,
-compile 10.8 vs 8.8 s, the first run of the 2000 steps 4.6 vs 0.7 s, steady-state
-step 0.79 vs 0.32 ms, collectives alone 2.6 ms per step under this load (they
-dominate the mesh step; each of the 3 rendezvous waits for a descheduled peer on 2
-cores). What would go further: one rendezvous per step for the three graphs (a
-combined gather) or gossip every few local steps.
+Now (idle 2-core CPU, the CLI's XLA flags, 2000 steps, two interleaved pairs): the
+command 26.9 s vs 14.4 s wall (1.88x, target <= 2 met), 46.6 s vs 18.3 s CPU (2.5x:
+each process imports, compiles and runs its half, and gloo waits by polling). The
+training alone is 11.2 s vs 4.9 s (2.3x): per process start + imports 1.2 vs 1.2 s,
+compile 4.8 vs 2.6 s, the first run of the 2000 steps 3.1 vs 0.4 s; steady-state
+step 1.41 vs 0.20 ms, of which the collectives alone are 0.59 ms. So the mesh step
+is the 3 gossip rendezvous per step (one per graph) and the two processes waiting
+for each other between them. (Under load ~7, before the flag: 1.85x for the command,
+1.39x for the training alone.) What would go further: one rendezvous per step for
+the three graphs (a combined gather) or gossip every few local steps.
 """
 from __future__ import annotations
 
