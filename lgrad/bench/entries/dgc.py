@@ -45,6 +45,9 @@ CLI's XLA flags (reductions out of YNNPACK), against dgc-step 1.47x and exact to
 1.3 is below what XLA:CPU does even for the hand-fused minimum; the sampled step is
 within 9% of that floor, and the sampled threshold is 1.06x exact top-k (the
 minimal selection alone 0.63x, so the remaining gap is the over-full refinement).
+Run-to-run spread on the same idle machine: a second run twenty minutes later gave
+dgc-threshold 0.77x (8 keys 0.91x), dgc-step 1.63x, floor 1.54x; the committed
+bench.json holds the first run.
 """
 from __future__ import annotations
 
