@@ -91,7 +91,7 @@ def test_claims_from_measurements():
     assert by_id["bytes-per-step"].passed and by_id["spectral-gaps-closed-form"].passed
     assert by_id["consensus-order"].passed
     assert by_id["backends-agree"].is_skipped  # check_steps = 0 in SMOKE: skipped, never a finding
-    assert "order-matches-spectral-gap" not in by_id  # restated consensus-order (issue 24)
+    assert "order-matches-spectral-gap" not in by_id  # it restated consensus-order
     bad = _measurements(cfg, bytes_sent={"complete": 1, "torus": 1, "ring": 1}, backends={"worst": 1.0, "where": "x"})
     by_id = {c.id: c for c in exp.claims(bad, cfg)}
     assert not by_id["bytes-per-step"].passed and not by_id["backends-agree"].passed

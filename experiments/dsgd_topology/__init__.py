@@ -32,7 +32,7 @@ reported per topology; bytes per worker per step = degree x 4 d; the vmap and me
 backends give the same trajectories (compared on this process's devices when several
 divide n, else in a subprocess with 8 CPU devices; ``skipped`` if neither can run).
 
-Issue 24 (fidelity): ``backends-agree`` was a finding ("not compared") on one
+Fidelity change: ``backends-agree`` was a finding ("not compared") on one
 device; it is now a real comparison (a subprocess with ``JAX_NUM_CPU_DEVICES=8``)
 or ``skipped``, never a finding. ``order-matches-spectral-gap`` was dropped: with
 three graphs whose gaps are ordered complete > torus > ring it restated

@@ -36,7 +36,7 @@ Expected: NNA with f = 0 equals the mean; under every attack MoNNA's honest loss
 (mean over honest nodes of the loss on the honest nodes' training data) is <= 1.1x
 the attack-free D-SGD loss while plain averaging fails (> 1.1x).
 
-Issue 24 (fidelity), before -> after (quick). Before: Byzantine nodes sent
+Fidelity changes, before -> after (quick). Before: Byzantine nodes sent
 theta_bar + attack(honest updates) (``attack_space="updates"``, our model), the
 ALIE/FOE factor line-searched against node 0's output, one seed, CWTM and GM in
 quick. After: the authors' parameter-space attacks and damage, 3 seeds, CWTM/GM in

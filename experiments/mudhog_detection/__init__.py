@@ -44,7 +44,7 @@ a finding.
 Expected: per-class precision and recall >= 0.9 for each of the four classes by
 round 10; MUD-HoG's final accuracy at least that of FedAvg, median and Krum.
 
-Issue 24 (fidelity), before -> after (quick). Before: our detector (permanent
+Fidelity changes, before -> after (quick). Before: our detector (permanent
 flags, consecutive-round delays 2/2/4/4 incl. an unreliable delay of ours,
 unreliable clients dropped from the average, guards ``targeted_cos`` 0.8,
 ``unreliable_gap`` 0.1, ``noise_ratio`` 2, detection from round 3, DBSCAN
