@@ -258,3 +258,19 @@ def test_mean_over_workers_is_data_parallel_sgd():
     tx = optax.chain(federated.mean_over_workers(), optax.sgd(0.5))
     out = run_workers(lambda g: tx.update(g, tx.init(g), g)[0], grads, n_workers=n)
     np.testing.assert_allclose(out, -0.5 * jnp.broadcast_to(grads.mean(0), (n, 3)), atol=1e-6)
+
+
+def test_stack_runs_pads_every_run_to_the_longest_shard():
+    x = np.arange(20.0)[:, None]
+    a = federated.stack_clients([np.arange(3), np.arange(3, 5)], x)  # m = 3
+    b = federated.stack_clients([np.arange(6), np.arange(6, 10)], x)  # m = 6
+    runs = federated.stack_runs([a, b])
+    assert runs.arrays[0].shape == (2, 2, 6, 1) and runs.count.tolist() == [[3, 2], [6, 4]]
+    np.testing.assert_array_equal(runs.arrays[0][0, :, :3], a.arrays[0])  # each run's own rows first
+    np.testing.assert_array_equal(runs.arrays[0][1], b.arrays[0])
+    assert not runs.arrays[0][0, :, 3:].any()  # zero padding past the run's own m
+    one = federated.stack_clients([np.arange(3)], x)
+    with pytest.raises(ValueError, match="same number of clients"):
+        federated.stack_runs([a, one])
+    with pytest.raises(ValueError, match="at least one"):
+        federated.stack_runs([])

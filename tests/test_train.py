@@ -62,6 +62,18 @@ def test_run_loop_equals_scan_steps_bitwise():
         np.testing.assert_array_equal(a, b)
 
 
+def test_fit_result_run_is_that_run_alone():
+    starts = jnp.arange(6.0).reshape(3, 2)
+    res = run_loop(jax.vmap(_step), starts, steps=9, eval_fn=jax.vmap(_eval), eval_every=3, checkpoint=False)
+    for i in range(3):
+        one = run_loop(_step, starts[i], steps=9, eval_fn=_eval, eval_every=3, checkpoint=False)
+        got = res.run(i)
+        np.testing.assert_allclose(got.state, one.state, rtol=1e-6)
+        np.testing.assert_allclose(got.history["c"], one.history["c"], rtol=1e-6)
+        np.testing.assert_allclose(got.evals["e"], one.evals["e"], rtol=1e-6)
+        np.testing.assert_array_equal(got.eval_steps, one.eval_steps)
+
+
 @pytest.mark.parametrize("eval_every, chunk_size", [(5, 10), (0, None), (7, 14)])
 def test_run_loop_host_steps_matches_the_scan(eval_every, chunk_size):
     """host_steps=True (one compiled step called from Python) gives the same steps,

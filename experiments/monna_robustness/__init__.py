@@ -61,7 +61,6 @@ a ``backend`` key was added. No criterion value changed.
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 from typing import Any, NamedTuple
 
@@ -217,16 +216,6 @@ def _padded(rows: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.n
             np.stack([pad(np.ones(len(y), np.float32)) for _, y in rows]))
 
 
-def _stack_clients(datas: list[federated.ClientData]) -> federated.ClientData:
-    """Per-seed client shards stacked on a leading seed axis, rows zero-padded to the longest
-    shard: a minibatch only draws from a client's first ``count`` rows, so the padding is
-    never read and every seed trains as on its own data."""
-    m = max(d.arrays[0].shape[1] for d in datas)
-    pad = lambda a: np.pad(np.asarray(a), [(0, 0), (0, m - a.shape[1])] + [(0, 0)] * (a.ndim - 2))  # noqa: E731
-    arrays = tuple(np.stack([pad(d.arrays[i]) for d in datas]) for i in range(len(datas[0].arrays)))
-    return federated.ClientData(arrays, np.stack([np.asarray(d.count) for d in datas]))
-
-
 def _weighted_mean(v, w):
     return jnp.sum(w * v) / jnp.sum(w)
 
@@ -235,7 +224,7 @@ def _simulate(cfg, alg, datas: list[federated.ClientData], splits: list[Split], 
     """``steps`` rounds from zero parameters for every seed (``splits[i]`` is seed
     ``cfg["seed"] + i``); evaluations of the honest nodes' models. Returns one ``FitResult``
     per seed. Under ``backend="vmap"`` the seeds run as one ``jax.vmap``-ed program (one
-    compilation for all seeds; the padding of ``_stack_clients`` is never read); on a mesh
+    compilation for all seeds; the padding of ``federated.stack_runs`` is never read); on a mesh
     they run one after the other."""
     h = cfg["n"] - cfg["f"]
     params = {"w": jnp.zeros((splits[0].honest[0].shape[1], 10)), "b": jnp.zeros(10)}
@@ -264,16 +253,9 @@ def _simulate(cfg, alg, datas: list[federated.ClientData], splits: list[Split], 
                                 eval_every=cfg["eval_every"]))
         return out
     keys = jnp.stack(keys)
-    carry = (jax.vmap(alg.init, in_axes=(0, None))(keys, params), keys, _stack_clients(datas), evals)
+    carry = (jax.vmap(alg.init, in_axes=(0, None))(keys, params), keys, federated.stack_runs(datas), evals)
     res = run_loop(jax.vmap(step_fn), carry, steps=steps, eval_fn=jax.vmap(eval_fn), eval_every=cfg["eval_every"])
-    return [_seed_result(res, i) for i in range(len(splits))]
-
-
-def _seed_result(res, i: int):
-    """Seed ``i`` of a ``FitResult`` of the seed-vmapped loop (history and evals: axis 1)."""
-    return dataclasses.replace(res, state=jax.tree.map(lambda a: a[i], res.state),
-                               history={k: v[:, i] for k, v in res.history.items()},
-                               evals={k: v[:, i] for k, v in res.evals.items()})
+    return [res.run(i) for i in range(len(splits))]
 
 
 def _runs(cfg, alpha: float, backend: str, steps: int, n_seeds: int = 1):

@@ -96,7 +96,6 @@ that changed verdict sit on their thresholds for both streams.
 """
 from __future__ import annotations
 
-import dataclasses
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -280,13 +279,9 @@ def _algorithm(cfg: dict[str, Any], method: str, truth: np.ndarray, backend: str
 
 
 def _stack_data(datas: list[_Data]) -> tuple[federated.ClientData, tuple[np.ndarray, np.ndarray]]:
-    """The runs' client shards and test sets stacked on a leading run axis; the shards are
-    zero-padded to the longest. A client's minibatches only draw from its first ``count``
-    rows and the clients count alike (``weighted=False``), so the padding is never read."""
-    m = max(d.clients.arrays[0].shape[1] for d in datas)
-    pad = lambda a: np.pad(np.asarray(a), [(0, 0), (0, m - a.shape[1])] + [(0, 0)] * (a.ndim - 2))  # noqa: E731
-    arrays = tuple(np.stack([pad(d.clients.arrays[i]) for d in datas]) for i in range(len(datas[0].clients.arrays)))
-    clients = federated.ClientData(arrays, np.stack([np.asarray(d.clients.count) for d in datas]))
+    """The runs' client shards (``federated.stack_runs``: zero-padded, never read since the
+    clients count alike, ``weighted=False``) and test sets stacked on a leading run axis."""
+    clients = federated.stack_runs([d.clients for d in datas])
     return clients, (np.stack([np.asarray(d.x_test) for d in datas]), np.stack([np.asarray(d.y_test) for d in datas]))
 
 
@@ -324,9 +319,7 @@ def _simulate(cfg: dict[str, Any], datas: list[_Data], method: str, *, keys: lis
     clients, test = _stack_data(datas)
     carry = (jax.vmap(alg.init, in_axes=(0, None))(keys, params), keys, clients, test)
     res = run_loop(jax.vmap(step_fn), carry, steps=steps, eval_fn=jax.vmap(eval_fn), eval_every=1)
-    return [dataclasses.replace(res, state=jax.tree.map(lambda a: a[i], res.state),
-                                history={k: v[:, i] for k, v in res.history.items()},
-                                evals={k: v[:, i] for k, v in res.evals.items()}) for i in range(len(datas))]
+    return [res.run(i) for i in range(len(datas))]
 
 
 def backend_probe(config: dict[str, Any], backend: str, rounds: int = 5) -> dict[str, np.ndarray]:

@@ -2,7 +2,7 @@
 
 One layer for every multi-worker algorithm (see ``docs/federated.md``):
 
-* data: :class:`ClientData`, :func:`stack_clients`, :func:`client_minibatch`,
+* data: :class:`ClientData`, :func:`stack_clients`, :func:`stack_runs`, :func:`client_minibatch`,
   :func:`sample_clients`;
 * algorithms, each a :class:`FederatedAlgorithm` ``(init, round)``:
   :func:`worker_algorithm` (every worker steps with an optax rule whose collectives
@@ -63,6 +63,7 @@ from lgrad.federated._data import client_minibatch as client_minibatch
 from lgrad.federated._data import num_sampled as num_sampled
 from lgrad.federated._data import sample_clients as sample_clients
 from lgrad.federated._data import stack_clients as stack_clients
+from lgrad.federated._data import stack_runs as stack_runs
 from lgrad.federated._fedspeed import FedSpeedClientState as FedSpeedClientState
 from lgrad.federated._fedspeed import fedspeed as fedspeed
 from lgrad.federated._fedspeed import fedspeed_aggregator as fedspeed_aggregator
@@ -123,6 +124,7 @@ __all__ = [
     "ServerState",
     "shard_workers",
     "stack_clients",
+    "stack_runs",
     "worker_algorithm",
     "WorkerState",
 ]

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["ClientData", "stack_clients", "client_minibatch", "sample_clients", "num_sampled"]
+__all__ = ["ClientData", "stack_clients", "stack_runs", "client_minibatch", "sample_clients", "num_sampled"]
 
 
 class ClientData(NamedTuple):
@@ -56,6 +56,26 @@ def stack_clients(parts: Sequence[np.ndarray], *arrays: Any) -> ClientData:
     rows = np.stack([np.resize(np.asarray(p, np.int64), m) for p in parts])
     stacked = tuple(np.asarray(a)[rows] for a in arrays)
     return ClientData(stacked, np.asarray(sizes, np.int32))
+
+
+def stack_runs(runs: Sequence[ClientData]) -> ClientData:
+    """Several independent runs' client data on a leading run axis, for ``jax.vmap`` over
+    runs (seeds): leaves ``(R, n, m, ...)``, ``count`` ``(R, n)``. Shards are zero-padded
+    to the longest run's ``m``; minibatches draw from a client's first ``count`` rows, so
+    the padding is never read and each run trains as on its own data."""
+    if not runs:
+        raise ValueError("runs must list at least one ClientData")
+    shapes = {(r.num_clients, len(r.arrays)) for r in runs}
+    if len(shapes) != 1:
+        raise ValueError(f"every run needs the same number of clients and arrays, got (clients, arrays) {sorted(shapes)}")
+    m = max(np.shape(r.arrays[0])[1] for r in runs)
+
+    def pad(a):
+        a = np.asarray(a)
+        return np.pad(a, [(0, 0), (0, m - a.shape[1])] + [(0, 0)] * (a.ndim - 2))
+
+    arrays = tuple(np.stack([pad(r.arrays[i]) for r in runs]) for i in range(len(runs[0].arrays)))
+    return ClientData(arrays, np.stack([np.asarray(r.count) for r in runs]))
 
 
 def client_minibatch(arrays: Any, count: jax.Array, key: jax.Array, batch_size: int) -> Any:

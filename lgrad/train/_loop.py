@@ -50,6 +50,13 @@ class FitResult:
     def params(self) -> Any:
         return self.state.params
 
+    def run(self, i: int) -> "FitResult":
+        """Run ``i`` of a loop whose step and eval were ``jax.vmap``-ed over independent runs
+        (seeds): state leaves carry the run axis first, history and evals after the step axis."""
+        return dataclasses.replace(self, state=jax.tree.map(lambda a: a[i], self.state),
+                                   history={k: v[:, i] for k, v in self.history.items()},
+                                   evals={k: v[:, i] for k, v in self.evals.items()})
+
 
 def _check_steps(num_steps: Any, eval_every: Any) -> None:
     if not isinstance(num_steps, (int, np.integer)) or isinstance(num_steps, bool) or num_steps < 0:

@@ -179,11 +179,8 @@ def _minimal_dgc(learning_rate: float, *, density: float, min_compress_size: int
         flat_v, flat_u = v.reshape(-1), u.reshape(-1)
         k = max(1, int(round(density * n)))
         s = max(n // 100, min(n, 1000))
-        mag = jnp.abs(flat_v)
-        thr = _kth_largest(mag[jax.random.randint(key, (s,), 0, n)], max(1, -(-s * k // n)))
-        idx = _compact_over(mag, thr, max(k, int(1.3 * k)), _block_counts(mag, thr))
-        sent = mag >= thr
-        update = jnp.zeros_like(flat_v).at[idx].set(jnp.take(flat_v, idx, mode="fill", fill_value=0), mode="drop")
+        values, idx, sent = _minimal_select(flat_v, key, s, max(1, -(-s * k // n)), max(k, int(1.3 * k)))
+        update = jnp.zeros_like(flat_v).at[idx].set(values, mode="drop")
         return ((-learning_rate * update).reshape(v.shape), jnp.where(sent, 0.0, flat_u).reshape(u.shape),
                 jnp.where(sent, 0.0, flat_v).reshape(v.shape))
 
@@ -236,11 +233,18 @@ def _selection_breakdown(v, k, reps):
     return out
 
 
-def _minimal(a, key, s, r, cap):
+def _minimal_select(a, key, s, r, cap):
+    """The least selection work: a sample estimate of the threshold, one counting pass,
+    compaction; returns the sent values, their indices and the sent mask."""
     mag = jnp.abs(a)
     thr = _kth_largest(mag[jax.random.randint(key, (s,), 0, a.shape[0])], r)
     idx = _compact_over(mag, thr, cap, _block_counts(mag, thr))
-    return jnp.take(a, idx, mode="fill", fill_value=0), idx, jnp.where(mag >= thr, 0.0, a)
+    return jnp.take(a, idx, mode="fill", fill_value=0), idx, mag >= thr
+
+
+def _minimal(a, key, s, r, cap):
+    values, idx, sent = _minimal_select(a, key, s, r, cap)
+    return values, idx, jnp.where(sent, 0.0, a)
 
 
 def _with_mask(a, k, key):
