@@ -253,3 +253,58 @@ def test_default_axis_is_workers():
 
     for f in (dgc, scale_by_dgc, exchange):
         assert inspect.signature(f).parameters["axis_name"].default == comm.AXIS
+
+
+@pytest.mark.parametrize("n", [20_000, 20_011, 31])
+def test_blocked_count_and_compaction_match_numpy(n):
+    """Per-block counts (also packed: three thresholds in one pass), the blocked
+    compaction (a tail block shorter than _BLOCK included) and the multi-rank order
+    statistics against numpy."""
+    from lgrad.optim._dgc import _block_counts, _block_counts_packed, _compact_over, _kth_largest
+
+    mag = jnp.abs(jnp.asarray(np.random.default_rng(n).standard_t(3, size=n), jnp.float32))
+    m = np.asarray(mag)
+    ranks = (1, 3, min(n, 17))
+    thrs = _kth_largest(mag, ranks)
+    np.testing.assert_array_equal(np.asarray(thrs), np.sort(m)[::-1][np.asarray(ranks) - 1])
+    packed = np.asarray(_block_counts_packed(mag, thrs))
+    for j, t in enumerate(np.asarray(thrs)):
+        single = np.asarray(_block_counts(mag, t))
+        np.testing.assert_array_equal(packed[j], single)
+        assert single.sum() == (m >= t).sum()
+        cap = max(int((m >= t).sum()), 5)
+        want = np.nonzero(m >= t)[0]
+        got = np.asarray(_compact_over(mag, jnp.float32(t), cap, jnp.asarray(single)))
+        np.testing.assert_array_equal(got[: len(want)], want)
+        assert np.all(got[len(want):] == n)
+
+
+def test_candidate_thresholds_pick_the_in_range_one():
+    """Sampled candidates counted in one pass: the in-range one nearest
+    sqrt(lo * cap) is taken without a refinement pass; none in range with candidates on
+    both sides starts regula falsi from that bracket; all on one side refines as before."""
+    from lgrad.optim._dgc import _candidate_ranks, _refine
+
+    assert _candidate_ranks(10_000, 10) == (7, 9, 11, 14, 18)
+    assert _candidate_ranks(1000, 1) == (1, 1, 1, 1, 2)
+    assert _candidate_ranks(20, 15) == (10, 14, 16, 20, 20)
+    mag = jnp.arange(1.0, 10_001.0, dtype=jnp.float32)  # count(>= t) = 10_001 - t
+    hint = (jnp.float32(10_000.0), jnp.asarray(1, jnp.int32))
+
+    def refine(thrs, lo=800, cap=1300):
+        from lgrad.optim._dgc import _block_counts_packed
+
+        thrs = jnp.asarray(thrs, jnp.float32)
+        t, counts, cnt = _refine(mag, thrs, _block_counts_packed(mag, thrs), lo, cap, 0.8, 10, hint)
+        assert int(counts.sum()) == int(cnt) == int((mag >= t).sum())
+        return float(t), int(cnt)
+
+    assert refine([9501.0, 8901.0, 8001.0]) == (8901.0, 1100)  # middle in range, nearest 1020
+    assert refine([9501.0, 9001.0, 8001.0]) == (9001.0, 1000)  # two in range: the nearer
+    assert refine([9301.0, 9101.0, 8601.0]) == (9101.0, 900)  # 700, 900, 1400 -> 900
+    t, cnt = refine([9501.0, 9301.0, 5001.0])  # 500, 700 below, 5000 above: bracketed
+    assert 800 <= cnt <= 1300 and 5001.0 < t < 9301.0
+    t, cnt = refine([9901.0, 9801.0, 9701.0])  # all below: lowered
+    assert 800 <= cnt <= 1300
+    t, cnt = refine([1.0, 2.0, 3.0][::-1])  # all above: raised
+    assert 800 <= cnt <= 1300
