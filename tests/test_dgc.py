@@ -260,13 +260,14 @@ def test_blocked_count_and_compaction_match_numpy(n):
     """Per-block counts (also packed: three thresholds in one pass), the blocked
     compaction (a tail block shorter than _BLOCK included) and the multi-rank order
     statistics against numpy."""
-    from lgrad.optim._dgc import _block_counts, _block_counts_packed, _compact_over, _kth_largest
+    from lgrad.optim._dgc import _block_counts, _block_counts_packed, _compact_over, _kth_largest, _order_statistics
 
     mag = jnp.abs(jnp.asarray(np.random.default_rng(n).standard_t(3, size=n), jnp.float32))
     m = np.asarray(mag)
     ranks = (1, 3, min(n, 17))
     thrs = _kth_largest(mag, ranks)
     np.testing.assert_array_equal(np.asarray(thrs), np.sort(m)[::-1][np.asarray(ranks) - 1])
+    np.testing.assert_array_equal(np.asarray(_order_statistics(mag, ranks)), np.asarray(thrs))  # top_k at n >= 8*17
     packed = np.asarray(_block_counts_packed(mag, thrs))
     for j, t in enumerate(np.asarray(thrs)):
         single = np.asarray(_block_counts(mag, t))

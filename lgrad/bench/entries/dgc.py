@@ -62,7 +62,8 @@ from lgrad.distributed import comm, make_program
 from lgrad.optim import dgc
 from lgrad.optim import accumulate, exchange, local_step, select_topk
 from lgrad.optim._dgc import (  # timed alone
-    _block_counts, _block_counts_packed, _candidate_ranks, _compact_over, _kth_largest, _select_sampled, _sent_mask,
+    _block_counts, _block_counts_packed, _candidate_ranks, _compact_over, _kth_largest, _order_statistics, _select_sampled,
+    _sent_mask,
 )
 
 SHARED = "shared 2-core CPU (other jobs running): medians of interleaved repeats"
@@ -213,10 +214,10 @@ def _selection_breakdown(v, k, reps):
     thr = jnp.sort(mag)[-k]
     exact = jax.jit(lambda a: jax.lax.top_k(jnp.abs(a), k))
     pieces = {
-        "estimate": (lambda a: _kth_largest(jnp.abs(a)[jax.random.randint(key, (s,), 0, n)], ranks), (v,),
-                     f"candidate thresholds: {s} sampled magnitudes, those of ranks {ranks} by bisection"),
-        "estimate-topk": (lambda a: jax.lax.top_k(jnp.abs(a)[jax.random.randint(key, (s,), 0, n)], r)[0][-1], (v,),
-                          "the same estimate with lax.top_k on the sample (the previous code)"),
+        "estimate": (lambda a: _order_statistics(jnp.abs(a)[jax.random.randint(key, (s,), 0, n)], ranks), (v,),
+                     f"candidate thresholds: {s} sampled magnitudes, those of ranks {ranks} (lax.top_k of the sample)"),
+        "estimate-bisect": (lambda a: _kth_largest(jnp.abs(a)[jax.random.randint(key, (s,), 0, n)], ranks), (v,),
+                            "the same by bisection on the bit pattern (the previous code)"),
         "count": (lambda a, t: _block_counts(jnp.abs(a), t), (v, thr), "per-block counts over the threshold (one pass)"),
         "count-packed": (lambda a, t: _block_counts_packed(jnp.abs(a), t * jnp.asarray([1.3, 1.1, 1.0, 0.9, 0.8])),
                          (v, thr), "per-block counts over five candidate thresholds at once (one packed pass)"),
@@ -243,7 +244,7 @@ def _minimal_select(a, key, s, r, cap):
     """The least selection work: a sample estimate of the threshold, one counting pass,
     compaction; returns the sent values, their indices and the sent mask."""
     mag = jnp.abs(a)
-    thr = _kth_largest(mag[jax.random.randint(key, (s,), 0, a.shape[0])], r)
+    thr = _order_statistics(mag[jax.random.randint(key, (s,), 0, a.shape[0])], (r,))[0]
     idx = _compact_over(mag, thr, cap, _block_counts(mag, thr))
     return jnp.take(a, idx, mode="fill", fill_value=0), idx, mag >= thr
 
