@@ -281,7 +281,9 @@ def _order_statistics(v: jax.Array, ranks: tuple[int, ...]) -> jax.Array:
     densities: rank 1,125 of 10k costs 250 us by top-k, 390 us by bisection)."""
     top = max(ranks)
     if 8 * top <= v.shape[0]:
-        return jax.lax.top_k(v, top)[0][np.asarray(ranks) - 1]
+        # The barrier keeps XLA from rewriting "top-k, then pick an entry" into a full
+        # sort of ``v`` (1.8 ms instead of 20 us for 10k entries on XLA:CPU).
+        return jax.lax.optimization_barrier(jax.lax.top_k(v, top)[0])[np.asarray(ranks) - 1]
     return _kth_largest(v, ranks)
 
 
