@@ -2,7 +2,8 @@
 experiment's per-round program give the same numbers (to 1e-5).
 
 JAX fixes its device count when it starts, so the comparison runs in one
-subprocess with ``JAX_NUM_CPU_DEVICES=8``; each experiment contributes its
+subprocess with ``JAX_NUM_CPU_DEVICES=8`` (started in the background when the tests
+are collected, see tests/conftest.py); each experiment contributes its
 ``backend_probe(config, backend)`` (the same helpers its ``run`` uses) on its
 ``PROBE`` config (a worker count that is a multiple of 8).
 """
@@ -11,8 +12,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -85,14 +84,21 @@ print("RESULT " + json.dumps(out))
 """
 
 
+ENV = dict(os.environ, JAX_NUM_CPU_DEVICES="8", OPENBLAS_NUM_THREADS="1", JAX_PLATFORMS="cpu")
+
+
 @pytest.fixture(scope="module")
-def mesh_results():
-    env = dict(os.environ, JAX_NUM_CPU_DEVICES="8", OPENBLAS_NUM_THREADS="1", JAX_PLATFORMS="cpu")
-    root = Path(__file__).resolve().parents[1]
-    proc = subprocess.run([sys.executable, "-c", _SCRIPT, *EXPERIMENTS], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=900)
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+def mesh_results(background_jobs):
+    """The subprocess's results; tests/conftest.py starts it in the background at collection."""
+    proc, log = background_jobs["mesh"]
+    try:
+        proc.wait(timeout=900)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    out = log.read_text(errors="replace")
+    lines = [l for l in out.splitlines() if l.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, out[-3000:]
     return json.loads(lines[-1][len("RESULT "):])
 
 

@@ -1,12 +1,14 @@
 """Each registered experiment runs end to end in its tiny SMOKE configuration.
-(The claims themselves are checked by `lgrad reproduce --quick`, not here.)"""
+(The claims themselves are checked by `lgrad reproduce --quick`, not here.) The runs
+happen in a background process started at collection (tests/conftest.py), on the core
+the compile-bound test process leaves idle; these tests run last and check its outputs."""
 from __future__ import annotations
 
 import json
 
 import pytest
 
-from lgrad.engine import discover, run_experiment
+from lgrad.engine import discover
 from lgrad.engine.runner import reevaluate
 
 NAMES = list(discover())
@@ -14,13 +16,20 @@ pytestmark = pytest.mark.slow  # ~7 minutes on 2 cores; `pytest -m "not slow"` l
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_experiment_smoke(name, tmp_path):
+def test_experiment_smoke(name, background_jobs):
+    """``run_experiment(name, "quick", SMOKE)`` ran in the background process (tests/background.py,
+    started at collection by tests/conftest.py) into ``<dir>/<name>/``; here its outputs are checked."""
+    from background import wait_for
+
     exp = discover()[name]
-    result = run_experiment(name, "quick", exp.smoke, tmp_path, show_progress=False)
-    assert result.claims, f"{name} returned no claims"
-    data = json.loads((tmp_path / exp.name / "result.json").read_text())
-    assert data["name"] == name and len(data["claims"]) == len(result.claims)
-    assert list((tmp_path / exp.name).glob("*.png")), f"{name} wrote no plot"
-    assert (tmp_path / exp.name / "metrics.jsonl").stat().st_size > 0
-    stored, again = reevaluate(name, tmp_path)  # the claims follow from the stored measurements alone
+    proc, log = background_jobs["smoke"]
+    status = wait_for(background_jobs["dir"] / f"{name}.done", proc, log)
+    assert status == "ok", f"{name} failed in the background run:\n{status}"
+    out = background_jobs["dir"] / name
+    data = json.loads((out / exp.name / "result.json").read_text())
+    assert data["claims"], f"{name} returned no claims"
+    assert data["name"] == name
+    assert list((out / exp.name).glob("*.png")), f"{name} wrote no plot"
+    assert (out / exp.name / "metrics.jsonl").stat().st_size > 0
+    stored, again = reevaluate(name, out)  # the claims follow from the stored measurements alone
     assert [c.to_dict() for c in again] == [c.to_dict() for c in stored]
