@@ -1,5 +1,6 @@
 """dgc-compression on lgrad.federated: the transform measured is lgrad.optim.dgc itself,
-its bytes are the comm counter's, and vmap/mesh (one device) agree."""
+its bytes are the comm counter's, and the probe's replicas stay identical (vmap == mesh is
+tests/test_backends_mesh.py's)."""
 from __future__ import annotations
 
 import jax
@@ -73,12 +74,12 @@ def test_batched_seeds_equal_separate_runs():
         np.testing.assert_allclose(both[k], alone[k], atol=1e-5, err_msg=k)
 
 
-def test_backend_probe_vmap_equals_mesh_on_one_device():
-    a, b = exp.backend_probe(CFG, "vmap", rounds=2), exp.backend_probe(CFG, "mesh", rounds=2)
-    assert a.keys() == b.keys() and "dgc/params/w1" in a and "dense/loss" in a
+def test_backend_probe_is_finite_and_replicas_stay_identical():
+    """vmap == mesh on this config is tests/test_backends_mesh.py's (8 devices, 1e-5)."""
+    a = exp.backend_probe(CFG, "vmap", rounds=2)
+    assert "dgc/params/w1" in a and "dense/loss" in a
     for k in a:
         assert np.all(np.isfinite(a[k])), k
-        np.testing.assert_allclose(a[k], b[k], atol=1e-5, err_msg=k)
     # replicas stay identical: both rules all-reduce/all-gather before stepping
     w = a["dgc/params/w1"]
     assert np.array_equal(w, np.broadcast_to(w[0], w.shape))

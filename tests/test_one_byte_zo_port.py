@@ -1,6 +1,6 @@
 """one-byte-zo on lgrad.federated: worker_algorithm(lgrad.optim.mezo) reproduces the
-hand-written worker loop it replaced, counts 1 byte in 1 collective, and vmap/mesh
-(one device) agree."""
+hand-written worker loop it replaced, counts 1 byte in 1 collective, and its probe reports
+both codecs (vmap == mesh is tests/test_backends_mesh.py's)."""
 from __future__ import annotations
 
 import jax
@@ -65,12 +65,12 @@ def test_port_equals_the_hand_written_loop():
     np.testing.assert_array_equal(np.asarray(p["w"]), np.asarray(ported.state.params["w"]))
 
 
-def test_backend_probe_vmap_equals_mesh_on_one_device():
+def test_backend_probe_reports_both_codecs():
+    """vmap == mesh on this config is tests/test_backends_mesh.py's (8 devices, 1e-5)."""
     cfg = dict(exp.CONFIGS["quick"], **exp.PROBE)
-    a, b = exp.backend_probe(cfg, "vmap", rounds=2), exp.backend_probe(cfg, "mesh", rounds=2)
-    assert a.keys() == b.keys() and {"float/params/w", "one_byte/loss"} <= a.keys()
-    for k in a:
-        np.testing.assert_allclose(a[k], b[k], atol=1e-5, err_msg=k)
+    a = exp.backend_probe(cfg, "vmap", rounds=2)
+    assert {"float/params/w", "one_byte/loss"} <= a.keys()
+    assert all(np.all(np.isfinite(v)) for v in a.values())
 
 
 def test_claims_from_hand_made_measurements():
