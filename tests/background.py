@@ -1,10 +1,15 @@
-"""Long, self-contained checks started in a background process when the session's tests
-are collected, so they use the core the (mostly single-threaded, compile-bound) test
-process leaves idle; their tests run last and read the results. See ``tests/conftest.py``.
+"""Long, self-contained checks run in one background process, started (at low priority)
+when the session's tests are collected, so they use the core that the mostly
+single-threaded, compile-bound test process leaves idle; their tests run last and read
+what it wrote. See ``tests/conftest.py``.
 
-Run as a script: ``python tests/background.py smoke OUT NAME...`` runs each experiment's
-SMOKE config end to end into ``OUT`` (as ``run_experiment`` does in-process) and writes
-``OUT/<name>.done`` holding ``ok`` or the traceback, one experiment after the other.
+As a script: ``python tests/background.py OUT [--mesh SCRIPT ARG...] [--smoke NAME...]``
+runs, one after the other,
+
+* ``--mesh``: ``python -c "$(cat SCRIPT)" ARG...`` with ``JAX_NUM_CPU_DEVICES=8`` (output to
+  ``OUT/mesh.log``, its exit status to ``OUT/mesh.done``), and
+* ``--smoke``: each experiment's SMOKE config end to end into ``OUT/<name>/`` (as
+  ``run_experiment`` does in-process), writing ``OUT/<name>.done`` = ``ok`` or the traceback.
 """
 from __future__ import annotations
 
@@ -15,23 +20,41 @@ import time
 import traceback
 from pathlib import Path
 
-
-def start(args: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
-    """``python tests/background.py ARGS`` (or ``python -c ARGS[1] ...`` for ``-c``), stdout and stderr to ``log``."""
-    cmd = [sys.executable, *args] if args[0] == "-c" else [sys.executable, __file__, *args]
-    with open(log, "wb") as f:
-        return subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[1], env=env or dict(os.environ),
-                                stdout=f, stderr=subprocess.STDOUT)
+ROOT = Path(__file__).resolve().parents[1]
+MESH_ENV = {"JAX_NUM_CPU_DEVICES": "8", "OPENBLAS_NUM_THREADS": "1", "JAX_PLATFORMS": "cpu"}
 
 
-def wait_for(path: Path, proc: subprocess.Popen, log: Path) -> str:
+def start(out: Path, mesh: list[str], smoke: list[str]) -> subprocess.Popen:
+    """The background process (niceness +10: the test process keeps its core); its log is ``out/background.log``."""
+    args = [sys.executable, __file__, str(out), *(["--mesh", *mesh] if mesh else []), *(["--smoke", *smoke] if smoke else [])]
+    with open(out / "background.log", "wb") as log:
+        return subprocess.Popen(args, cwd=ROOT, env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT,
+                                preexec_fn=lambda: os.nice(10))
+
+
+def wait_for(path: Path, proc: subprocess.Popen) -> str:
     """The text of ``path`` once written; fails (with the log's tail) if ``proc`` ends without writing it."""
     while not path.exists():
         if proc.poll() is not None and not path.exists():
+            log = path.parent / "background.log"
             raise AssertionError(f"background process exited {proc.returncode} before writing {path.name}:\n"
                                  + log.read_text(errors="replace")[-3000:])
         time.sleep(0.2)
     return path.read_text()
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _mesh(out: Path, script_and_args: list[str]) -> None:
+    with open(out / "mesh.log", "wb") as log:
+        script, *args = script_and_args
+        rc = subprocess.run([sys.executable, "-c", Path(script).read_text(), *args], cwd=ROOT, env=dict(os.environ, **MESH_ENV),
+                            stdout=log, stderr=subprocess.STDOUT).returncode
+    _write(out / "mesh.done", str(rc))
 
 
 def _smoke(out: Path, names: list[str]) -> None:
@@ -48,12 +71,14 @@ def _smoke(out: Path, names: list[str]) -> None:
             status = "ok"
         except BaseException:  # reported by the experiment's test
             status = traceback.format_exc()
-        tmp = out / f"{name}.done.tmp"
-        tmp.write_text(status)
-        tmp.replace(out / f"{name}.done")
+        _write(out / f"{name}.done", status)
 
 
 if __name__ == "__main__":
-    if sys.argv[1] != "smoke":
-        sys.exit(f"unknown job {sys.argv[1]!r}")
-    _smoke(Path(sys.argv[2]), sys.argv[3:])
+    out, rest = Path(sys.argv[1]), sys.argv[2:]
+    smoke = rest[rest.index("--smoke") + 1:] if "--smoke" in rest else []
+    mesh = rest[rest.index("--mesh") + 1:len(rest) - len(smoke) - (1 if smoke else 0)] if "--mesh" in rest else []
+    if mesh:
+        _mesh(out, mesh)
+    if smoke:
+        _smoke(out, smoke)

@@ -55,8 +55,8 @@ _SLOW_FILE = Path(__file__).parent / "slow_tests.json"
 _SLOW = set(json.loads(_SLOW_FILE.read_text())["slow"]) if _SLOW_FILE.exists() else set()
 
 
-# Checks that run in a background process (tests/background.py): started once the
-# session's tests are collected, on the core the compile-bound test process leaves idle;
+# Checks that run in one background process (tests/background.py): started at low priority
+# once the session's tests are collected, on the core the compile-bound test process leaves idle;
 # their tests run last and read what the process wrote. Same checks, same code, same
 # XLA flags and device count (the environment above is inherited).
 _BACKGROUND_FILES = ("tests/test_backends_mesh.py", "tests/test_experiments_smoke.py")
@@ -81,26 +81,26 @@ def pytest_collection_finish(session):
     if not any(picked.values()):
         return
     _BG["dir"] = out = Path(tempfile.mkdtemp(prefix="lgrad-background-"))
+    mesh = []
     if picked["tests/test_backends_mesh.py"]:
         mod = picked["tests/test_backends_mesh.py"][0].module
-        _BG["mesh"] = (background.start(["-c", mod._SCRIPT, *mod.EXPERIMENTS], out / "mesh.log", mod.ENV), out / "mesh.log")
-    names = list(dict.fromkeys(i.callspec.params["name"] for i in picked["tests/test_experiments_smoke.py"]))
-    if names:
-        _BG["smoke"] = (background.start(["smoke", str(out), *names], out / "smoke.log"), out / "smoke.log")
+        (out / "mesh_script.py").write_text(mod._SCRIPT)
+        mesh = [str(out / "mesh_script.py"), *mod.EXPERIMENTS]
+    smoke = list(dict.fromkeys(i.callspec.params["name"] for i in picked["tests/test_experiments_smoke.py"]))
+    _BG["proc"] = background.start(out, mesh, smoke)
 
 
 def pytest_sessionfinish(session):
     import shutil
 
-    for job in ("mesh", "smoke"):
-        if job in _BG and _BG[job][0].poll() is None:
-            _BG[job][0].kill()
-            _BG[job][0].wait()
+    if "proc" in _BG and _BG["proc"].poll() is None:
+        _BG["proc"].kill()
+        _BG["proc"].wait()
     if "dir" in _BG:
         shutil.rmtree(_BG["dir"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
 def background_jobs():
-    """``{"dir": Path, job: (Popen, log path)}`` of the background checks started at collection."""
+    """``{"dir": Path, "proc": Popen}``: the background checks' process (tests/background.py) and its output folder."""
     return _BG

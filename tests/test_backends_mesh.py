@@ -2,16 +2,14 @@
 experiment's per-round program give the same numbers (to 1e-5).
 
 JAX fixes its device count when it starts, so the comparison runs in one
-subprocess with ``JAX_NUM_CPU_DEVICES=8`` (started in the background when the tests
-are collected, see tests/conftest.py); each experiment contributes its
+subprocess with ``JAX_NUM_CPU_DEVICES=8`` (run by the background process that
+tests/conftest.py starts when the tests are collected); each experiment contributes its
 ``backend_probe(config, backend)`` (the same helpers its ``run`` uses) on its
 ``PROBE`` config (a worker count that is a multiple of 8).
 """
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 
 import pytest
 
@@ -84,21 +82,15 @@ print("RESULT " + json.dumps(out))
 """
 
 
-ENV = dict(os.environ, JAX_NUM_CPU_DEVICES="8", OPENBLAS_NUM_THREADS="1", JAX_PLATFORMS="cpu")
-
-
 @pytest.fixture(scope="module")
 def mesh_results(background_jobs):
-    """The subprocess's results; tests/conftest.py starts it in the background at collection."""
-    proc, log = background_jobs["mesh"]
-    try:
-        proc.wait(timeout=900)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        raise
-    out = log.read_text(errors="replace")
+    """The subprocess's results; tests/conftest.py runs it in the background process (tests/background.py)."""
+    from background import wait_for
+
+    rc = wait_for(background_jobs["dir"] / "mesh.done", background_jobs["proc"])
+    out = (background_jobs["dir"] / "mesh.log").read_text(errors="replace")
     lines = [l for l in out.splitlines() if l.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, out[-3000:]
+    assert rc == "0" and lines, out[-3000:]
     return json.loads(lines[-1][len("RESULT "):])
 
 

@@ -22,8 +22,7 @@ def test_experiment_smoke(name, background_jobs):
     from background import wait_for
 
     exp = discover()[name]
-    proc, log = background_jobs["smoke"]
-    status = wait_for(background_jobs["dir"] / f"{name}.done", proc, log)
+    status = wait_for(background_jobs["dir"] / f"{name}.done", background_jobs["proc"])
     assert status == "ok", f"{name} failed in the background run:\n{status}"
     out = background_jobs["dir"] / name
     data = json.loads((out / exp.name / "result.json").read_text())

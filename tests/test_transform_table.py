@@ -312,8 +312,19 @@ def _worker_run(entry, n, steps=3, different=False):
     return run_workers(worker, rep, jax.vmap(tx.init)(rep), shift, n_workers=n), prob, shift
 
 
-@pytest.mark.parametrize("n", [pytest.param(2, marks=pytest.mark.slow), 3, pytest.param(4, marks=pytest.mark.slow)])
-@table
+def _worker_counts():
+    """(entry, n) for every entry: n = 2, 3, 4 workers for multi-worker rules (2 and 4
+    marked slow); single-worker rules only n = 3 (their workers are independent vmapped
+    copies with no collective, so the count changes nothing)."""
+    params = []
+    for e in ENTRIES:
+        for n in (2, 3, 4) if e.multi_worker else (3,):
+            slow = e.slow or "test_inside_run_workers" in e.slow_checks or n != 3
+            params.append(pytest.param(e, n, marks=pytest.mark.slow if slow else (), id=f"{e.name}-{n}"))
+    return params
+
+
+@pytest.mark.parametrize("entry,n", _worker_counts())
 def test_inside_run_workers(entry, n):
     """Multi-worker rules: every replica ends identical (the aggregate is shared) and,
     where the rule is deterministic per worker, n workers with the same data equal one.
