@@ -25,11 +25,10 @@ MESH_ENV = {"JAX_NUM_CPU_DEVICES": "8", "OPENBLAS_NUM_THREADS": "1", "JAX_PLATFO
 
 
 def start(out: Path, mesh: list[str], smoke: list[str]) -> subprocess.Popen:
-    """The background process (niceness +10: the test process keeps its core); its log is ``out/background.log``."""
+    """The background process (it lowers its priority by 10: the test process keeps its core); its log is ``out/background.log``."""
     args = [sys.executable, __file__, str(out), *(["--mesh", *mesh] if mesh else []), *(["--smoke", *smoke] if smoke else [])]
     with open(out / "background.log", "wb") as log:
-        return subprocess.Popen(args, cwd=ROOT, env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT,
-                                preexec_fn=lambda: os.nice(10))
+        return subprocess.Popen(args, cwd=ROOT, env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT)
 
 
 def wait_for(path: Path, proc: subprocess.Popen) -> str:
@@ -75,6 +74,7 @@ def _smoke(out: Path, names: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    os.nice(10)  # here, not in a preexec_fn: forking the multithreaded test process is unsafe
     out, rest = Path(sys.argv[1]), sys.argv[2:]
     smoke = rest[rest.index("--smoke") + 1:] if "--smoke" in rest else []
     mesh = rest[rest.index("--mesh") + 1:len(rest) - len(smoke) - (1 if smoke else 0)] if "--mesh" in rest else []
