@@ -14,6 +14,7 @@ runs, one after the other,
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -28,7 +29,19 @@ def start(out: Path, mesh: list[str], smoke: list[str]) -> subprocess.Popen:
     """The background process (it lowers its priority by 10: the test process keeps its core); its log is ``out/background.log``."""
     args = [sys.executable, __file__, str(out), *(["--mesh", *mesh] if mesh else []), *(["--smoke", *smoke] if smoke else [])]
     with open(out / "background.log", "wb") as log:
-        return subprocess.Popen(args, cwd=ROOT, env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT)
+        # its own process group, so that stop() also ends the mesh subprocess it may be running
+        return subprocess.Popen(args, cwd=ROOT, env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Kill the background process and whatever it started (its process group)."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
 
 
 def wait_for(path: Path, proc: subprocess.Popen) -> str:

@@ -93,9 +93,10 @@ def pytest_collection_finish(session):
 def pytest_sessionfinish(session):
     import shutil
 
-    if "proc" in _BG and _BG["proc"].poll() is None:
-        _BG["proc"].kill()
-        _BG["proc"].wait()
+    if "proc" in _BG:
+        import background
+
+        background.stop(_BG["proc"])
     if "dir" in _BG:
         shutil.rmtree(_BG["dir"], ignore_errors=True)
 
