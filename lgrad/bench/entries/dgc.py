@@ -3,51 +3,50 @@
 Besides the three target rows, ``dgc-breakdown/*`` rows time each piece of the step
 alone against the dense momentum-SGD step (gradient, momentum correction and
 accumulation, threshold estimate, compaction, masking, exchange), so a missed target
-says where the time goes. The machine the committed numbers come from is a shared
-2-core CPU (other jobs running): each pair is timed interleaved and the spread
-(10th-90th percentile of the ratio over the repeats) is recorded in ``extra``.
+says where the time goes. The committed numbers come from this project's 2-core CPU
+(idle, 2026-12-02): each pair is timed interleaved and the spread (10th-90th
+percentile of the ratio over the repeats) is recorded in ``extra``.
 
-Where the time went and what changed. The "unexplained ~3 ms lax.cond cost" of the
-previous version was not a cost of the untaken branch: with the entry's fixed sampling
-key the 1% sample over-estimates (1,575 entries pass the estimated threshold, cap
-1,300), so the exact-top-k fallback branch *was* taken and ``dgc-threshold`` paid a
-whole ``lax.top_k`` on top of the sampled pieces. With other keys about 1 call in 5
-takes it (and 1 in 4 lowers the threshold). The sampled selection now has no
-``lax.cond`` and no ``lax.top_k``: an over-full count raises the threshold by
-interpolating towards the sample's largest magnitude (regula falsi once bracketed),
-usually one extra counting pass; the sent set is masked element-wise (``|v| >= thr``
-up to the last index sent), so local_step has no full-size scatter.
+Where the time went, and what changed (2026-12-02). Three XLA:CPU costs made the
+sampled selection slower than ``lax.top_k`` (1.06-1.78x before):
 
-Measured by CPU time (``time.process_time``, medians; the shared machine's load made
-wall-clock ratios swing by 2-5x during this work), n = 1M, k = 1000: exact top-k
-3.1-4.8 ms; sampled with this entry's key (one refinement pass) 1.28-1.43x of it;
-mean over 8 keys 0.84x (per key 0.49-1.25x; ``dgc-threshold-8keys``); the hand-fused
-floor (sample estimate, one counting pass, compaction, gather, masked residual, no
-refinement; ``select-minimal``) 0.75-0.90x; one element-wise pass 0.16-0.21x. So
-``dgc-threshold`` <= 1 holds on average over keys but not for a key that needs a
-refinement pass, whose cost (a counting pass + loop overhead, ~0.3x) sits on a
-floor of ~0.8x: on XLA:CPU ``lax.top_k`` of 1M floats costs only ~5 passes.
+* the total count, ``jnp.sum`` of the per-block counts, was fused by XLA with the block
+  sums into one full reduction over the tensor, ~3x the cost of the block counts
+  (1M entries: 0.44 vs 0.15 of a top-k); an optimization barrier keeps them apart;
+* blocks of 128 entries made the block count ~1.7 element-wise passes; blocks of 32
+  make it one (and the compaction's ``(cap, block)`` gather 4x smaller);
+* the sample estimate missed [0.8k, 1.3k] in ~45% of draws (1% sample, r = 10: the
+  count over the r-th largest sampled magnitude spreads by ~32%), and each miss cost a
+  refinement pass. Five candidate thresholds (sample ranks 0.7r-1.8r) are now counted
+  in one packed pass and the in-range one is taken: ~5% of draws still refine.
 
-The step (1.86M params, CPU time): dense momentum SGD 12.5 ms (gradient 7.3 ms),
-DGC 26.2 ms sampled / 25.5 ms exact (2.09 / 2.03; ``local_step`` alone 15.5 ms). Out of
-reach on XLA:CPU: beyond the gradient, dense SGD makes one fused pass over (g, m, p)
-while DGC must read and write u and v twice (accumulate, then mask), count and
-compact over v, and build the dense update from the messages (memset + scatter);
-XLA:CPU does not fuse the counting reductions with their element-wise producers, so
-each is a separate pass. The 1.3 target would leave 9 ms for all of that, less than
-the passes' measured cost. ``dgc-breakdown/step-floor`` measures that limit directly:
-a hand-fused minimal DGC step (:func:`_minimal_dgc`: gradient, accumulation, per leaf
-the sample estimate, one counting pass, compaction, masked u and v, and the scatter
-of the message into the update; no refinement, no validation, no bookkeeping) in the
-same program wrapper as the dense step costs 1.35x it on the idle 2-core CPU with the
-CLI's XLA flags (reductions out of YNNPACK), against dgc-step 1.47x and exact top-k
-1.78x in the same run (under load ~7 and without the flag: 2.0x, 2.27x, 1.92x). So
-1.3 is below what XLA:CPU does even for the hand-fused minimum; the sampled step is
-within 9% of that floor, and the sampled threshold is 1.06x exact top-k (the
-minimal selection alone 0.63x, so the remaining gap is the over-full refinement).
-Run-to-run spread on the same idle machine: a second run twenty minutes later gave
-dgc-threshold 0.77x (8 keys 0.91x), dgc-step 1.63x, floor 1.54x; the committed
-bench.json holds the first run.
+Also: ``lax.top_k`` of the sample followed by picking one entry was rewritten by XLA
+into a full sort of the sample (1.8 ms instead of 20 us for 10k entries), which is
+what made the previous ``select-estimate-topk`` row look expensive and pushed the
+estimate to bisection; with a barrier between them the top-k of the sample is the
+cheapest estimate.
+
+Measured after (idle 2-core CPU, three runs of ``lgrad bench --only dgc`` on
+2026-12-02; the committed bench.json holds the last): ``dgc-threshold`` 0.41 / 0.37 /
+0.31 (target <= 1, met; it was 1.06 and 0.77 in two runs before), every one of 8 keys
+0.31-0.53; the sampled selection with its masking (``select-sampled+mask``) 0.36-0.57
+against 0.42-0.48 for the hand-fused single-threshold minimum (``select-minimal``).
+
+The step (``dgc-step``, 1.86M params, target <= 1.3): 1.48 / 1.62 / 1.39 (before:
+1.47 idle, 2.0 loaded), against 1.29 / 1.34 / 1.42 for ``dgc-breakdown/step-floor``, a
+hand-fused minimal DGC step (:func:`_minimal_dgc`: gradient, accumulation, per leaf
+one sampled threshold, one counting pass, compaction, masked u and v, the scatter of
+the message into the update; no candidates, no refinement, no validation, no
+bookkeeping) in the same program wrapper. The run-to-run spread of either (p10-p90
+within a run: about 1.1-2.0) is larger than the gap between them, so the step now
+sits at that floor, and the floor sits at the target: beyond the gradient (0.6 of
+the dense step), dense SGD makes one fused pass over (g, m, p) while DGC reads and
+writes u and v twice (accumulate, then mask), counts over v, compacts, and builds the
+dense update from the message (memset + scatter); each is a separate XLA:CPU kernel.
+What is left above the floor on average is per-leaf fixed cost: three of the six
+leaves here are small (1,024, 1,024 and 10,240 entries) and cost ~130, ~130 and ~230 us
+sampled against 60-70 us by exact top-k; a rule "exact top-k for small leaves" would
+cut that but would also change which entries DGC sends there - not done.
 """
 from __future__ import annotations
 
@@ -66,7 +65,7 @@ from lgrad.optim._dgc import (  # timed alone
     _sent_mask,
 )
 
-SHARED = "shared 2-core CPU (other jobs running): medians of interleaved repeats"
+SHARED = "2-core CPU: medians of interleaved repeats (p10-p90 of the ratio in extra)"
 
 
 def _mlp(key, sizes):

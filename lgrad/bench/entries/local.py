@@ -6,6 +6,14 @@ end-to-end backprop on the same model and batch (``ratio < 1``: the rule needs l
 ``local-temp/tpsgd/depth=<D>`` compares temporaries only (activations and
 intermediates), where the forward-only step's one-block-at-a-time schedule shows; its
 target is ratio <= 1.
+
+Since the CLI takes reductions out of XLA:CPU's YNNPACK fusions (``lgrad.cli.cpu_xla_flags``,
+jaxlib 0.10) the forward-only step's temporaries at depth 2 are 4.24 MB instead of
+3.16 MB (one more 1024 x 256 activation buffer live at the peak; the same fusions, a
+different schedule), so ``local-temp/tpsgd/depth=2`` is 1.005 (missed by 0.5%; 0.75
+without the flag) while depth 4, 8 and 16 stay at 0.50, 0.25 and 0.13 (0.38, 0.19, 0.09
+without it). Measured 2026-12-02 with and without the flag on the same code; the flag
+stays, because it is what makes the vmapped worker means 50-100x faster.
 """
 from __future__ import annotations
 
