@@ -116,9 +116,9 @@ def select_topk(
     :math:`\mathrm{round}(f r)`, :math:`f \in \{0.7, 0.9, 1.1, 1.4, 1.8\}`, are five
     candidate thresholds, all counted in one pass over ``x``. The candidate whose count
     :math:`c` lies in :math:`[\text{low\_factor}\cdot k, \text{max\_send\_factor}\cdot
-    k]` (the one nearest :math:`\sqrt{\text{low\_factor}\cdot\text{max\_send\_factor}}\,k`
-    in :math:`\log(1+c)` if
-    several do) is the threshold. If none does (about 5% of draws at the paper's 1%
+    k]` is the threshold (if several do, the one nearest
+    :math:`\sqrt{\text{low\_factor}\cdot\text{max\_send\_factor}}\,k` in
+    :math:`\log(1+c)`). If none does (about 5% of draws at the paper's 1%
     sample and density 0.1%), refine from the nearest: while :math:`c` is too small and
     no higher threshold has given too many, lower it by ``low_factor`` (at most
     ``max_tries`` times); while it is too large and nothing is bracketed, raise it
@@ -128,8 +128,8 @@ def select_topk(
     as everything kept; only when ties leave no threshold in range (e.g. many equal
     magnitudes) are the first ``cap`` entries over it, in index order, sent. No
     ``lax.top_k`` of ``x``: one counting pass over it, a compaction, and a further pass
-    per refinement step (usually none; the loop is skipped by a ``lax.cond``). The message has the static size
-    ``max(k, floor(max_send_factor * k))``.
+    per refinement step (usually none; the loop is skipped by a ``lax.cond``). The
+    message has the static size ``max(k, floor(max_send_factor * k))``.
 
     The paper's own rule refines one sampled threshold (its code: exact top-k among the
     candidates when more than 1.3k pass, lower by 0.8 when fewer than 0.8k do); the
