@@ -80,7 +80,7 @@ def test_bookkeeping_identity_and_masking():
     u = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
     v = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
     g = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
-    st_ = local_step(g, u, v, density=0.05, momentum=0.9, min_compress_size=0)
+    st_ = jax.jit(lambda g, u, v: local_step(g, u, v, density=0.05, momentum=0.9, min_compress_size=0))(g, u, v)
     own = exchange(st_, g, axis_name=None)
     for k in params:
         np.testing.assert_allclose(own[k] + st_.v[k], st_.accumulated[k], atol=1e-6)
@@ -229,8 +229,9 @@ def test_track_bookkeeping(n):
     for track in (False, True):
         tx = scale_by_dgc(0.05, min_compress_size=10, track_bookkeeping=track)
         s = jax.vmap(tx.init)(jax.tree.map(lambda p: jnp.stack([p] * n), params))
+        step = jax.jit(lambda g, s, tx=tx: run_workers(tx.update, g, s, n_workers=n))  # one compile, not op by op
         for g in grads:
-            u, s = run_workers(tx.update, g, s, n_workers=n)
+            u, s = step(g, s)
         out[track] = (u, s)
     (u0, s0), (u1, s1) = out[False], out[True]
     for k in params:
@@ -242,10 +243,11 @@ def test_track_bookkeeping(n):
     # the helper on its own: a corrupted residual is caught
     g0 = jax.tree.map(lambda a: a[0], grads[0])
     zeros = jax.tree.map(jnp.zeros_like, params)
-    st_ = local_step(g0, zeros, zeros, density=0.05, min_compress_size=10)
-    assert float(bookkeeping_error(st_, params)) <= 1e-6
+    st_ = jax.jit(lambda g, z: local_step(g, z, z, density=0.05, min_compress_size=10))(g0, zeros)
+    error = jax.jit(bookkeeping_error)
+    assert float(error(st_, params)) <= 1e-6
     bad = st_._replace(v={"w": st_.v["w"] + 0.5, "b": st_.v["b"]})
-    np.testing.assert_allclose(float(bookkeeping_error(bad, params)), 0.5, rtol=1e-6)
+    np.testing.assert_allclose(float(error(bad, params)), 0.5, rtol=1e-6)
 
 
 def test_default_axis_is_workers():
