@@ -140,7 +140,7 @@ def bench_table() -> str:
         better = e.get("better") or Entry.from_dict(e).direction
         rows.append(
             f"| {e['name']} | {e['ours']:.4g} {e.get('unit', '')} | {e['baseline']:.4g} {e.get('unit', '')} "
-            f"| {e['ratio']:.3g} | {better} | {e.get('target') or '-'} | {met} |"
+            f"| {e['ratio']:.4g} | {better} | {e.get('target') or '-'} | {met} |"
         )
     env = data.get("environment", {}) if isinstance(data, dict) else {}
     if env:
