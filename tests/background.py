@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -86,8 +87,18 @@ def _smoke(out: Path, names: list[str]) -> None:
         _write(out / f"{name}.done", status)
 
 
+def _exit_with_parent(parent: int) -> None:
+    """Kill this process group (this process and the mesh subprocess) once the test
+    process that started it is gone, also when it was killed without running
+    ``stop`` (SIGTERM from a CI timeout, SIGKILL)."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os.killpg(0, signal.SIGKILL)
+
+
 if __name__ == "__main__":
     os.nice(10)  # here, not in a preexec_fn: forking the multithreaded test process is unsafe
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     out, rest = Path(sys.argv[1]), sys.argv[2:]
     smoke = rest[rest.index("--smoke") + 1:] if "--smoke" in rest else []
     mesh = rest[rest.index("--mesh") + 1:len(rest) - len(smoke) - (1 if smoke else 0)] if "--mesh" in rest else []
