@@ -13,11 +13,15 @@ from transform_table import ENTRIES, PACKAGES, Entry, Problem, missing_from_tabl
 IDS = [e.name for e in ENTRIES]
 
 
+def _is_slow(entry, test_name: str) -> bool:
+    """Slow entries, and an entry's slow checks, are marked ``slow``."""
+    return entry.slow or test_name in entry.slow_checks
+
+
 def table(test):
     """Parametrize ``test`` over the table; slow entries (and an entry's slow checks)
     are marked ``slow``."""
-    params = [pytest.param(e, marks=pytest.mark.slow) if e.slow or test.__name__ in e.slow_checks else e
-              for e in ENTRIES]
+    params = [pytest.param(e, marks=pytest.mark.slow) if _is_slow(e, test.__name__) else e for e in ENTRIES]
     return pytest.mark.parametrize("entry", params, ids=IDS)(test)
 
 
@@ -319,7 +323,7 @@ def _worker_counts():
     params = []
     for e in ENTRIES:
         for n in (2, 3, 4) if e.multi_worker else (3,):
-            slow = e.slow or "test_inside_run_workers" in e.slow_checks or n != 3
+            slow = _is_slow(e, "test_inside_run_workers") or n != 3
             params.append(pytest.param(e, n, marks=pytest.mark.slow if slow else (), id=f"{e.name}-{n}"))
     return params
 
