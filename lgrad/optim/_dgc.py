@@ -143,15 +143,14 @@ def select_topk(
         idx = idx.astype(jnp.int32)
         kk = jnp.asarray(k, jnp.int32)
         return SparseMessage(x[idx], idx, kk, kk)
-    msg, _, _ = _select_sampled(x, k, key=key, sample_fraction=sample_fraction, min_samples=min_samples,
-                                max_send_factor=max_send_factor, low_factor=low_factor, max_tries=max_tries)
+    msg, _ = _select_sampled(x, k, key=key, sample_fraction=sample_fraction, min_samples=min_samples,
+                             max_send_factor=max_send_factor, low_factor=low_factor, max_tries=max_tries)
     return msg
 
 
 def _select_sampled(x, k, *, key, sample_fraction, min_samples, max_send_factor, low_factor, max_tries):
     """:func:`select_topk`'s sampled path; also returns the final threshold (from which,
-    with the indices, :func:`_sent_mask` rebuilds the sent set without a scatter) and its
-    per-block counts."""
+    with the indices, :func:`_sent_mask` rebuilds the sent set without a scatter)."""
     n = x.shape[0]
     mag = jnp.abs(x)
     _, cap = leaf_budget(n, k / n, max_send_factor=max_send_factor, threshold="sampled")
@@ -167,7 +166,7 @@ def _select_sampled(x, k, *, key, sample_fraction, min_samples, max_send_factor,
     thr, counts, cnt = _refine(x, thrs, counts, int(math.ceil(low_factor * k)), cap, low_factor, max_tries, hint)
     idx = _compact_over(mag, thr, cap, counts)
     vals = jnp.take(x, idx, mode="fill", fill_value=0)
-    return SparseMessage(vals, idx, jnp.minimum(cnt, cap), cnt), thr, counts
+    return SparseMessage(vals, idx, jnp.minimum(cnt, cap), cnt), thr
 
 
 # Sample ranks of the candidate thresholds, as multiples of r (rounded): the spacing that
@@ -306,16 +305,16 @@ def _kth_largest(v: jax.Array, r: int | tuple[int, ...]) -> jax.Array:
     wide = v.dtype == jnp.float64
     ft, it = (jnp.float64, jnp.int64) if wide else (jnp.float32, jnp.int32)
     bits = jax.lax.bitcast_convert_type(v.astype(ft), it)
-    ranks = jnp.asarray(r, jnp.int32)[..., None]  # (..., 1)
+    ranks = jnp.asarray(r, jnp.int32)  # () or (m,)
 
     def body(_, lohi):
         lo, hi = lohi
         mid = lo + (hi - lo) // 2
-        ok = jnp.sum(bits >= mid[..., None], axis=-1, dtype=jnp.int32) >= ranks[..., 0]
+        ok = jnp.sum(bits >= mid[..., None], axis=-1, dtype=jnp.int32) >= ranks
         return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid)
 
     top = jnp.max(bits) + 1  # count(>= 0) >= r > count(>= top)
-    lo0, hi0 = jnp.zeros(ranks.shape[:-1], it), jnp.full(ranks.shape[:-1], top, it)
+    lo0, hi0 = jnp.zeros(ranks.shape, it), jnp.full(ranks.shape, top, it)
     lo, _ = jax.lax.fori_loop(0, 64 if wide else 32, body, (lo0, hi0))
     return jax.lax.bitcast_convert_type(lo, ft).astype(v.dtype)
 
@@ -493,7 +492,7 @@ def local_step(
             msg = select_topk(flat, k, threshold="exact")
             sent = jnp.zeros(flat.shape, jnp.bool_).at[msg.indices].set(True, mode="drop").reshape(leaf.shape)
         else:  # the sent set from the threshold, element-wise (fused with the masking)
-            msg, thr, _ = _select_sampled(
+            msg, thr = _select_sampled(
                 flat, k, key=jax.random.fold_in(key, i), sample_fraction=sample_fraction, min_samples=1000,
                 max_send_factor=max_send_factor, low_factor=0.8, max_tries=10,
             )

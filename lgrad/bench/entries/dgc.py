@@ -254,8 +254,8 @@ def _minimal(a, key, s, r, cap):
 
 
 def _with_mask(a, k, key):
-    msg, thr, _ = _select_sampled(a, k, key=key, sample_fraction=0.01, min_samples=1000, max_send_factor=1.3,
-                                  low_factor=0.8, max_tries=10)
+    msg, thr = _select_sampled(a, k, key=key, sample_fraction=0.01, min_samples=1000, max_send_factor=1.3,
+                               low_factor=0.8, max_tries=10)
     return msg, jnp.where(_sent_mask(jnp.abs(a), thr, msg.indices), 0.0, a)
 
 
