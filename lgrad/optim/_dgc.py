@@ -157,8 +157,7 @@ def _select_sampled(x, k, *, key, sample_fraction, min_samples, max_send_factor,
     cap = max(cap, k)
     if key is None:
         key = jax.random.PRNGKey(0)
-    s = min(max(int(math.ceil(sample_fraction * n)), min(n, min_samples)), n)
-    r = min(s, max(1, int(math.ceil(s * k / n))))
+    s, r = _sample_plan(n, k, sample_fraction, min_samples)
     sample = mag[jax.random.randint(key, (s,), 0, n)]
     thrs = _order_statistics(sample, _candidate_ranks(s, r))  # descending
     counts = _block_counts_packed(mag, thrs)  # one pass for all candidates
@@ -167,6 +166,14 @@ def _select_sampled(x, k, *, key, sample_fraction, min_samples, max_send_factor,
     idx = _compact_over(mag, thr, cap, counts)
     vals = jnp.take(x, idx, mode="fill", fill_value=0)
     return SparseMessage(vals, idx, jnp.minimum(cnt, cap), cnt), thr
+
+
+def _sample_plan(n: int, k: int, sample_fraction: float, min_samples: int) -> tuple[int, int]:
+    """``(s, r)``: how many entries the sampled threshold draws, ``max(ceil(sample_fraction
+    n), min(n, min_samples))`` (at most ``n``), and the sample rank ``ceil(s k / n)`` that
+    corresponds to the ``k``-th largest of the ``n``."""
+    s = min(max(int(math.ceil(sample_fraction * n)), min(n, min_samples)), n)
+    return s, min(s, max(1, int(math.ceil(s * k / n))))
 
 
 # Sample ranks of the candidate thresholds, as multiples of r (rounded): the spacing that

@@ -61,8 +61,8 @@ from lgrad.distributed import comm, make_program
 from lgrad.optim import dgc
 from lgrad.optim import accumulate, exchange, local_step, select_topk
 from lgrad.optim._dgc import (  # timed alone
-    _block_counts, _block_counts_packed, _candidate_ranks, _compact_over, _kth_largest, _order_statistics, _select_sampled,
-    _sent_mask,
+    _block_counts, _block_counts_packed, _candidate_ranks, _compact_over, _kth_largest, _order_statistics, _sample_plan,
+    _select_sampled, _sent_mask,
 )
 
 SHARED = "2-core CPU: medians of interleaved repeats (p10-p90 of the ratio in extra)"
@@ -181,8 +181,8 @@ def _minimal_dgc(learning_rate: float, *, density: float, min_compress_size: int
             return -learning_rate * v, jnp.zeros_like(u), jnp.zeros_like(v)
         flat_v, flat_u = v.reshape(-1), u.reshape(-1)
         k = max(1, int(round(density * n)))
-        s = max(n // 100, min(n, 1000))
-        values, idx, sent = _minimal_select(flat_v, key, s, max(1, -(-s * k // n)), max(k, int(1.3 * k)))
+        s, r = _sample_plan(n, k, 0.01, 1000)  # the library's sample
+        values, idx, sent = _minimal_select(flat_v, key, s, r, max(k, int(1.3 * k)))
         update = jnp.zeros_like(flat_v).at[idx].set(values, mode="drop")
         return ((-learning_rate * update).reshape(v.shape), jnp.where(sent, 0.0, flat_u).reshape(u.shape),
                 jnp.where(sent, 0.0, flat_v).reshape(v.shape))
@@ -206,8 +206,7 @@ def _selection_breakdown(v, k, reps):
     n = v.shape[0]
     cap = max(k, int(1.3 * k))
     key = jax.random.PRNGKey(0)
-    s = max(n // 100, min(n, 1000))
-    r = max(1, -(-s * k // n))
+    s, r = _sample_plan(n, k, 0.01, 1000)
     ranks = _candidate_ranks(s, r)
     mag = jnp.abs(v)
     thr = jnp.sort(mag)[-k]
