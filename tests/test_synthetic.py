@@ -45,3 +45,20 @@ def test_bad_input():
         logistic_regression(10, heterogeneity=1.0)
     with pytest.raises(ValueError, match="n_workers must be a positive integer"):
         logistic_regression(10, n_workers=0)
+
+
+def test_normal_rows_cut_into_any_shape_equal_the_shaped_draws():
+    """normal_rows: the first prod(shape) entries of a key's row are normal(key, shape)."""
+    import jax
+
+    from lgrad.data import normal_rows
+
+    keys = jax.random.split(jax.random.PRNGKey(3), 4)
+    rows = np.asarray(normal_rows(keys, 60))
+    assert rows.shape == (4, 60)
+    for i, shape in enumerate([(60,), (3, 20), (7, 2, 4), (1,)]):
+        want = np.asarray(jax.random.normal(keys[i], shape))
+        np.testing.assert_array_equal(rows[i, : want.size].reshape(shape), want)
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="length"):
+            normal_rows(keys, bad)

@@ -47,6 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lgrad.analysis import attention_svm as asvm
+from lgrad.data import normal_rows
 from lgrad.engine import Claim, RunContext
 from lgrad.engine.config import Float, Int
 
@@ -119,11 +120,6 @@ def _draw_length(cfg: dict[str, Any]) -> int:
     return max(cfg["n"] * cfg["T"] * D, D * D, cfg["n"])
 
 
-@functools.partial(jax.jit, static_argnums=1)
-def _normal_rows(keys, length):
-    return jax.vmap(lambda k: jax.random.normal(k, (length,)))(keys)
-
-
 @functools.partial(jax.jit, static_argnums=2)
 def _uniform_rows(keys, bounds, length):
     return jax.vmap(lambda k, b: jax.random.uniform(k, (length,), minval=-b, maxval=b))(keys, bounds)
@@ -143,7 +139,7 @@ def _problems(key, seeds, n, T, d, *, length):
     kd, ki = jax.random.split(key)
     kv, ky, kx, kz = np.moveaxis(np.asarray(jax.vmap(lambda k: jax.random.split(k, 4))(jax.random.split(kd, seeds))), 1, 0)
     kw, kk, kq = np.moveaxis(np.asarray(jax.vmap(lambda k: jax.random.split(k, 3))(jax.random.split(ki, seeds))), 1, 0)
-    normal = np.asarray(_normal_rows(jnp.asarray(np.concatenate([kv, ky, kx, kz])), length)).reshape(4, seeds, length)
+    normal = np.asarray(normal_rows(jnp.asarray(np.concatenate([kv, ky, kx, kz])), length)).reshape(4, seeds, length)
     b = np.full(3 * seeds, 1.0 / np.sqrt(d))
     unif = np.asarray(_uniform_rows(jnp.asarray(np.concatenate([kw, kk, kq])), jnp.asarray(b), length)).reshape(3, seeds, length)
     v, y = normal[0, :, :d], normal[1, :, :n]

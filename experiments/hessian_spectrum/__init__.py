@@ -43,7 +43,6 @@ k=10 -> 10,10,10 (pass); Lanczos vs eigh 3.4e-15.
 """
 from __future__ import annotations
 
-import functools
 import math
 import time
 from typing import Any
@@ -54,6 +53,7 @@ import numpy as np
 import optax
 
 from lgrad.analysis import hessian as hs
+from lgrad.data import normal_rows
 from lgrad.engine import Claim, RunContext
 from lgrad.train import fit
 from lgrad.engine.config import Float, Int
@@ -231,11 +231,6 @@ def _draw_length(cfg) -> int:
     return max(cfg["dim"], k) * w
 
 
-@functools.partial(jax.jit, static_argnums=1)
-def _normal_rows(keys, length):
-    return jax.vmap(lambda kk: jax.random.normal(kk, (length,)))(keys)
-
-
 @jax.jit
 def _divide_rows(rows, scale):
     """``rows[i] / scale[i]``: XLA's division, as ``init_mlp``'s (a separate program, like the eager op)."""
@@ -251,7 +246,7 @@ def _init_stack(keys, dim: int, width: int, k: int, *, length: int):
     k1, k2 = np.moveaxis(np.asarray(jax.vmap(jax.random.split)(jnp.stack(keys))), 1, 0)
     S = len(keys)
     scale = np.repeat([math.sqrt(dim), math.sqrt(width)], S)
-    rows = np.asarray(_divide_rows(_normal_rows(jnp.asarray(np.concatenate([k1, k2])), length), jnp.asarray(scale)))
+    rows = np.asarray(_divide_rows(normal_rows(jnp.asarray(np.concatenate([k1, k2])), length), jnp.asarray(scale)))
     return {
         "hidden": {"w": rows[:S, : dim * width].reshape(S, dim, width), "b": np.zeros((S, width))},
         "out": {"w": rows[S:, : width * k].reshape(S, width, k), "b": np.zeros((S, k))},

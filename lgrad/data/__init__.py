@@ -7,11 +7,13 @@ generators (:mod:`lgrad.data.synthetic`): Gaussian mixtures, linear and logistic
 regression (optionally one heterogeneous task per worker), all seeded. Dataset
 distillation pieces (:mod:`lgrad.data._distill`, CDA): the crop-scale curriculum,
 a differentiable random resized crop, jitter and BN-statistics matching.
+:func:`normal_rows`: flat normal draws per key, from which draws of any shape are cut.
 """
 from lgrad.data._distill import bn_matching_loss as bn_matching_loss
 from lgrad.data._distill import crop_scale_schedule as crop_scale_schedule
 from lgrad.data._distill import jitter as jitter
 from lgrad.data._distill import random_resized_crop as random_resized_crop
+from lgrad.data._draws import normal_rows as normal_rows
 from lgrad.data.datasets import Dataset as Dataset
 from lgrad.data.datasets import digits as digits
 from lgrad.data.datasets import mnist5k as mnist5k
@@ -33,6 +35,7 @@ __all__ = [
     "linear_regression",
     "logistic_regression",
     "mnist5k",
+    "normal_rows",
     "random_resized_crop",
     "Regression",
     "train_test_split",
